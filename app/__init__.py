@@ -1,0 +1,1 @@
+"""tiermem: embedding inference and vector serving through six memory tiers."""

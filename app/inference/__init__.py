@@ -1,0 +1,1 @@
+"""Inference: the text encoder and the micro-batcher in front of it."""

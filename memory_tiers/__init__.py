@@ -1,0 +1,1 @@
+"""The memory tiers, their one interface (base), and the hierarchy over them."""
