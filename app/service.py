@@ -79,6 +79,7 @@ class TiermemService:
         by_ref = dict(cached.records)
         by_ref.update({r.ref: r for r in fresh})
         tiers = [cached.tiers.get(ref, "model") for ref in refs]
+        trace.count(tiers)
         vectors = np.stack([by_ref[ref].vector for ref in refs]) if refs else np.zeros(
             (0, self.encoder.dim), np.float32
         )
@@ -91,7 +92,6 @@ class TiermemService:
         started = time.perf_counter()
         encoded = await self.batcher.encode(texts)
         trace.add_time("model", (time.perf_counter() - started) * 1000.0)
-        trace.served["model"] += len(texts)
         version = time.time_ns() // 1000
         records = [
             Record(
@@ -113,7 +113,9 @@ class TiermemService:
         self, namespace: str, keys: Sequence[str], trace: Trace, deadline: Deadline
     ) -> ReadResult:
         refs = [(namespace, key) for key in keys]
-        return await self.hierarchy.get_many(refs, trace, deadline)
+        result = await self.hierarchy.get_many(refs, trace, deadline)
+        trace.count(result.tiers.values())
+        return result
 
     async def put_vectors(
         self,
@@ -166,7 +168,10 @@ class TiermemService:
     ) -> tuple[Record, str] | None:
         result = await self.hierarchy.get_many([(namespace, key)], trace, deadline)
         record = result.records.get((namespace, key))
-        return None if record is None else (record, result.tiers[(namespace, key)])
+        if record is None:
+            return None
+        trace.count([result.tiers[(namespace, key)]])
+        return record, result.tiers[(namespace, key)]
 
     async def search(
         self,
@@ -183,12 +188,12 @@ class TiermemService:
             found = tier.search(namespace, query[None, :], k, keep)
             if found is not None:
                 trace.add_time(tier.name, (time.perf_counter() - started) * 1000.0)
-                trace.served[tier.name] += len(found[0])
+                trace.count([tier.name] * len(found[0]))
                 return SearchResult(found[0], exact=True, tier=tier.name)
         started = time.perf_counter()
         hits = await self.hierarchy.store.search(namespace, query, k, metadata_filter)
         trace.add_time(self.hierarchy.store.name, (time.perf_counter() - started) * 1000.0)
-        trace.served[self.hierarchy.store.name] += len(hits)
+        trace.count([self.hierarchy.store.name] * len(hits))
         self._load_later(namespace)
         return SearchResult([(h.score, h.record) for h in hits], exact=False, tier="pgvector")
 

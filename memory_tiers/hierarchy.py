@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -44,6 +44,10 @@ class Trace:
 
     served: Counter[str] = field(default_factory=Counter)
     timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def count(self, tiers: Iterable[str]) -> None:
+        """Count the items of a response by the tier that served each."""
+        self.served.update(tiers)
 
     def add_time(self, tier: str, ms: float) -> None:
         self.timings_ms[tier] = self.timings_ms.get(tier, 0.0) + ms
@@ -121,8 +125,6 @@ class TierHierarchy:
             missing = [ref for ref in missing if ref not in hits]
         await self._promote(found, origin, trace)
         live = {ref: rec for ref, rec in found.items() if not rec.deleted}
-        for ref in live:
-            trace.served[self.tiers[origin[ref]].name] += 1
         return ReadResult(live, {ref: self.tiers[origin[ref]].name for ref in live})
 
     def _skip(self, tier: Tier, position: int, deadline: Deadline | None) -> bool:
@@ -178,9 +180,7 @@ class TierHierarchy:
 
     # -- bookkeeping --------------------------------------------------------
 
-    async def _ask(
-        self, tier: Tier, trace: Trace, call: Awaitable[T], default: T
-    ) -> T:
+    async def _ask(self, tier: Tier, trace: Trace, call: Awaitable[T], default: T) -> T:
         """Run one tier call, timing it; a cache tier's failure yields default."""
         health = self.health[tier.name]
         started = time.perf_counter()
@@ -214,7 +214,9 @@ class TierHierarchy:
             try:
                 stats = await asyncio.wait_for(tier.stats(), timeout=2.0)
             except (TierError, TimeoutError) as exc:
-                stats = TierStats(name=tier.name, healthy=False, detail={"error": str(exc)})
+                stats = TierStats(
+                    name=tier.name, healthy=False, detail={"error": str(exc)}
+                )
             out.append(
                 {
                     "name": tier.name,

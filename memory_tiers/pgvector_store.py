@@ -105,7 +105,9 @@ class PgvectorTier(Tier):
         self.indexed_dims: set[int] = set()
 
     @classmethod
-    async def connect(cls, dsn: str, max_size: int = 8, ef_search: int = 100) -> PgvectorTier:
+    async def connect(
+        cls, dsn: str, max_size: int = 8, ef_search: int = 100
+    ) -> PgvectorTier:
         """Open a pool and create the schema if needed.
 
         Raises TierError when the server cannot be reached.
@@ -351,7 +353,9 @@ def _record(row: asyncpg.Record) -> Record:
 
 
 def _params(record: Record) -> tuple[Any, ...]:
-    metadata = None if record.metadata is None else orjson.dumps(record.metadata).decode()
+    metadata = (
+        None if record.metadata is None else orjson.dumps(record.metadata).decode()
+    )
     return (
         record.namespace,
         record.key,

@@ -84,7 +84,12 @@ class ResidentTier(Tier):
         for dim, group in _by_dim(r for r in records if not r.deleted).items():
             slab = self.slabs.get(dim)
             if slab is None:
-                logger.debug("%s: no slab for dim %d, %d records pass", self.name, dim, len(group))
+                logger.debug(
+                    "%s: no slab for dim %d, %d records pass",
+                    self.name,
+                    dim,
+                    len(group),
+                )
                 continue
             self._upsert(slab, group)
 
@@ -135,7 +140,9 @@ class ResidentTier(Tier):
             if result.declined:
                 return False
         self.resident.add(namespace)
-        logger.info("%s: namespace %s resident, %d records", self.name, namespace, len(live))
+        logger.info(
+            "%s: namespace %s resident, %d records", self.name, namespace, len(live)
+        )
         return True
 
     def release_namespace(self, namespace: str) -> None:
@@ -198,7 +205,9 @@ class ResidentTier(Tier):
 
     def _forget_evicted(self, refs: Sequence[RecordKey]) -> None:
         for namespace in {ns for ns, _ in refs} & self.resident:
-            logger.info("%s: namespace %s no longer resident (evicted)", self.name, namespace)
+            logger.info(
+                "%s: namespace %s no longer resident (evicted)", self.name, namespace
+            )
             self.resident.discard(namespace)
 
     def _note_unit_norms(self, records: Sequence[Record]) -> None:
@@ -229,4 +238,3 @@ def _filtered(slab: VectorSlab, eligible: np.ndarray, keep: RecordFilter) -> np.
         meta = slab.meta[int(row)]
         mask[row] = meta is not None and keep(meta)
     return mask
-

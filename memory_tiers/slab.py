@@ -48,28 +48,24 @@ class PoolPlan:
 
 
 def plan_pools(dim: int, itemsize: int, budget_bytes: int) -> PoolPlan:
-    """The largest slab whose three pools fit in budget_bytes (rows may be 0)."""
+    """The largest slab whose three pools fit in budget_bytes (rows may be 0).
+
+    The index is a power-of-two table with at least two slots per row, so try
+    each table size and keep the one that buys the most rows.
+    """
     workspace = MAX_QUERIES * (dim * 4 + MAX_K * 8)
     row_bytes = dim * itemsize + ROW_FLAG_BYTES
-    rows = max(0, (budget_bytes - workspace) // (row_bytes + 2 * INDEX_SLOT_BYTES))
-    while rows > 0:
-        slots = _next_pow2(2 * rows)
-        plan = PoolPlan(
-            rows=rows,
-            slots=slots,
-            vector_bytes=rows * row_bytes,
-            index_bytes=slots * INDEX_SLOT_BYTES,
-            workspace_bytes=workspace,
-        )
-        if plan.total_bytes <= budget_bytes:
-            return plan
-        # A power-of-two table can overshoot: shrink rows to the table we can pay.
-        rows = min(rows - 1, (budget_bytes - workspace - slots // 2 * 12) // row_bytes)
-    return PoolPlan(0, 1, 0, INDEX_SLOT_BYTES, 0)
-
-
-def _next_pow2(value: int) -> int:
-    return 1 << max(0, value - 1).bit_length()
+    best = PoolPlan(0, 1, 0, INDEX_SLOT_BYTES, 0)
+    slots = 2
+    while slots * INDEX_SLOT_BYTES + workspace <= budget_bytes:
+        room = budget_bytes - workspace - slots * INDEX_SLOT_BYTES
+        rows = min(slots // 2, room // row_bytes)
+        if rows > best.rows:
+            best = PoolPlan(
+                rows, slots, rows * row_bytes, slots * INDEX_SLOT_BYTES, workspace
+            )
+        slots *= 2
+    return best
 
 
 @dataclass(slots=True)

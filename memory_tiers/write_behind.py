@@ -20,7 +20,11 @@ class WriteBehind:
     """
 
     def __init__(
-        self, store: Tier, interval_ms: float, max_batch: int = 512, max_buffer: int = 100_000
+        self,
+        store: Tier,
+        interval_ms: float,
+        max_batch: int = 512,
+        max_buffer: int = 100_000,
     ) -> None:
         self.store = store
         self.interval_s = interval_ms / 1000.0
@@ -41,7 +45,9 @@ class WriteBehind:
         if overflow > 0:
             del self._buffer[:overflow]
             self.dropped += overflow
-            logger.warning("write-behind buffer full: dropped %d derived records", overflow)
+            logger.warning(
+                "write-behind buffer full: dropped %d derived records", overflow
+            )
         if len(self._buffer) >= self.max_batch:
             self._wake.set()
 
@@ -65,7 +71,9 @@ class WriteBehind:
             try:
                 await self.flush()
             except TierError as exc:
-                logger.warning("write-behind to %s failed, will retry: %s", self.store.name, exc)
+                logger.warning(
+                    "write-behind to %s failed, will retry: %s", self.store.name, exc
+                )
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -75,4 +83,8 @@ class WriteBehind:
         try:
             await self.flush()
         except TierError as exc:
-            logger.warning("final write-behind flush failed, %d records lost: %s", self.pending, exc)
+            logger.warning(
+                "final write-behind flush failed, %d records lost: %s",
+                self.pending,
+                exc,
+            )

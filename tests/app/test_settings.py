@@ -1,0 +1,56 @@
+"""Settings come from TIERMEM_* variables; a bad one is named with its value."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.cli import main
+from app.settings import SettingsError, load_settings
+
+
+def test_defaults_load_without_any_variable() -> None:
+    settings = load_settings()
+
+    assert settings.port == 8000
+    assert settings.deadline_ms == 50.0
+
+
+def test_variables_override_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TIERMEM_HBM_BYTES", "1048576")
+    monkeypatch.setenv("TIERMEM_RESIDENT_DIMS", "384,768")
+
+    settings = load_settings()
+
+    assert settings.hbm_bytes == 1048576
+    assert settings.resident_dims == [384, 768]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("TIERMEM_PORT", "70000"), ("TIERMEM_HBM_BYTES", "lots"), ("TIERMEM_DEADLINE_MS", "-1")],
+)
+def test_a_bad_variable_is_named_with_its_value(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+
+    assert variable in str(raised.value)
+    assert repr(value) in str(raised.value)
+
+
+def test_check_config_exits_2_on_a_bad_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TIERMEM_PORT", "0")
+
+    assert main(["check-config"]) == 2
+    assert "TIERMEM_PORT" in capsys.readouterr().err
+
+
+def test_the_postgres_dsn_is_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TIERMEM_POSTGRES_DSN", "postgresql://u:hunter2@db/x")
+
+    assert "hunter2" not in repr(load_settings())

@@ -1,0 +1,122 @@
+"""The hierarchy over real tiers: walk, promote, write through, degrade."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+import pytest
+
+from kernels import host_kernels
+from memory_tiers.admission import AdmitAll, SeenTwice
+from memory_tiers.base import Record, RecordKey, TierError, TierStats
+from memory_tiers.hierarchy import TierHierarchy, Trace
+from memory_tiers.pgvector_store import PgvectorTier
+from memory_tiers.resident import ResidentTier
+from tests.memory_tiers.records import record
+
+MiB = 2**20
+
+
+class BrokenTier(ResidentTier):
+    """A cache tier whose every call fails, as a crashed cache server would."""
+
+    async def get_many(self, refs: Sequence[RecordKey]) -> dict[RecordKey, Record]:
+        raise TierError(self.name, "connection refused")
+
+    async def put_many(self, records: Sequence[Record]) -> None:
+        raise TierError(self.name, "connection refused")
+
+    async def stats(self) -> TierStats:
+        raise TierError(self.name, "connection refused")
+
+
+@pytest.fixture
+async def store(postgres_dsn: str) -> AsyncIterator[PgvectorTier]:
+    tier = await PgvectorTier.connect(postgres_dsn, max_size=4)
+    yield tier
+    await tier.close()
+
+
+def tiers(store: PgvectorTier) -> tuple[ResidentTier, ResidentTier, TierHierarchy]:
+    hbm = ResidentTier("hbm", host_kernels(), 4 * MiB, [8], SeenTwice(60))
+    host = ResidentTier("host", host_kernels(), 4 * MiB, [8], AdmitAll())
+    return hbm, host, TierHierarchy([hbm, host, store], store)
+
+
+async def test_reads_walk_down_and_promote_under_admission(
+    store: PgvectorTier, namespace: str
+) -> None:
+    hbm, host, hierarchy = tiers(store)
+    await store.commit([record(namespace, "a")])
+    ref = (namespace, "a")
+
+    first = await hierarchy.get_many([ref], Trace())
+    second = await hierarchy.get_many([ref], Trace())
+    third = await hierarchy.get_many([ref], Trace())
+
+    assert first.tiers[ref] == "pgvector"  # T1 admits this hit at once
+    assert second.tiers[ref] == "host"  # the second sighting admits it into T0
+    assert third.tiers[ref] == "hbm"
+
+
+async def test_each_tier_is_asked_only_for_what_is_still_missing(
+    store: PgvectorTier, namespace: str
+) -> None:
+    hbm, host, hierarchy = tiers(store)
+    committed = await store.commit([record(namespace, k) for k in "abc"])
+    await host.put_many(committed[:1])
+    trace = Trace()
+
+    result = await hierarchy.get_many([(namespace, k) for k in "abcd"], trace)
+
+    assert result.tiers == {
+        (namespace, "a"): "host",
+        (namespace, "b"): "pgvector",
+        (namespace, "c"): "pgvector",
+    }
+    assert hierarchy.health["pgvector"].misses == 1  # only "d" missed everywhere
+    assert set(trace.timings_ms) == {"hbm", "host", "pgvector"}
+
+
+async def test_write_is_committed_then_cached(store: PgvectorTier, namespace: str) -> None:
+    hbm, host, hierarchy = tiers(store)
+
+    committed = await hierarchy.write([record(namespace, "a")], Trace())
+
+    assert (await store.get_many([(namespace, "a")]))[(namespace, "a")].version == committed[0].version
+    assert (namespace, "a") in await host.get_many([(namespace, "a")])
+
+
+async def test_delete_removes_the_key_from_every_tier(store: PgvectorTier, namespace: str) -> None:
+    hbm, host, hierarchy = tiers(store)
+    await hierarchy.write([record(namespace, "a")], Trace())
+
+    await hierarchy.delete([(namespace, "a")], Trace())
+
+    assert (await hierarchy.get_many([(namespace, "a")], Trace())).records == {}
+    assert await host.get_many([(namespace, "a")]) == {}
+
+
+async def test_a_failing_cache_tier_costs_speed_not_correctness(
+    store: PgvectorTier, namespace: str
+) -> None:
+    broken = BrokenTier("host", host_kernels(), MiB, [8], AdmitAll())
+    hierarchy = TierHierarchy([broken, store], store)
+
+    committed = await hierarchy.write([record(namespace, "a")], Trace())
+    result = await hierarchy.get_many([(namespace, "a")], Trace())
+
+    assert result.records[(namespace, "a")].version == committed[0].version
+    assert result.tiers[(namespace, "a")] == "pgvector"
+    stats = {s["name"]: s for s in await hierarchy.stats()}
+    assert stats["host"]["healthy"] is False
+    assert stats["host"]["errors"] >= 2
+
+
+async def test_a_failing_store_fails_the_write(postgres_dsn: str, namespace: str) -> None:
+    store = await PgvectorTier.connect(postgres_dsn, max_size=1)
+    hierarchy = TierHierarchy([store], store)
+    await store.close()
+
+    with pytest.raises(TierError):
+        await hierarchy.write([record(namespace, "a")], Trace())
