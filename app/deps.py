@@ -31,7 +31,9 @@ def deadline(request: Request) -> Deadline:
         try:
             budget = float(raw)
         except ValueError:
-            raise BadInput(DEADLINE_HEADER, f"must be a number of milliseconds, got {raw!r}") from None
+            raise BadInput(
+                DEADLINE_HEADER, f"must be a number of milliseconds, got {raw!r}"
+            ) from None
         if not 0 < budget <= MAX_DEADLINE_MS:
             raise BadInput(DEADLINE_HEADER, f"must be in (0, {MAX_DEADLINE_MS:.0f}] ms")
     return Deadline(budget)

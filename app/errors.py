@@ -44,7 +44,9 @@ async def _validation(request: Request, exc: Exception) -> FastJSONResponse:
     assert isinstance(exc, RequestValidationError)
     first = exc.errors()[0]
     field = _field_name(tuple(first.get("loc", ())))
-    messages = [f"{_field_name(tuple(e.get('loc', ())))}: {e['msg']}" for e in exc.errors()]
+    messages = [
+        f"{_field_name(tuple(e.get('loc', ())))}: {e['msg']}" for e in exc.errors()
+    ]
     return FastJSONResponse(
         _body("invalid_request", "; ".join(messages[:5]), field), status_code=422
     )
@@ -58,13 +60,16 @@ async def _bad_input(request: Request, exc: Exception) -> FastJSONResponse:
 
 
 async def _dimension(request: Request, exc: Exception) -> FastJSONResponse:
-    return FastJSONResponse(_body("invalid_request", str(exc), "vector"), status_code=422)
+    return FastJSONResponse(
+        _body("invalid_request", str(exc), "vector"), status_code=422
+    )
 
 
 async def _http(request: Request, exc: Exception) -> FastJSONResponse:
     assert isinstance(exc, HTTPException)
     return FastJSONResponse(
-        _body("http_error", str(exc.detail)), status_code=exc.status_code,
+        _body("http_error", str(exc.detail)),
+        status_code=exc.status_code,
         headers=getattr(exc, "headers", None),
     )
 

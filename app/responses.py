@@ -22,7 +22,9 @@ class FastJSONResponse(JSONResponse):
 
 def traced(content: Any, trace: Trace, status_code: int = 200) -> FastJSONResponse:
     """A response that says which tier served its items and what each cost."""
-    return FastJSONResponse(content, status_code=status_code, headers=trace_headers(trace))
+    return FastJSONResponse(
+        content, status_code=status_code, headers=trace_headers(trace)
+    )
 
 
 def trace_headers(trace: Trace) -> dict[str, str]:

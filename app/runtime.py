@@ -46,7 +46,9 @@ async def running(settings: Settings) -> AsyncIterator[TiermemService]:
         store = await PgvectorTier.connect(
             dsn, settings.postgres_pool_max, settings.hnsw_ef_search
         )
-        encoder = Encoder(settings.model_name, bundled_model_dir(), settings.max_seq_tokens)
+        encoder = Encoder(
+            settings.model_name, bundled_model_dir(), settings.max_seq_tokens
+        )
         resident = resident_tiers(settings)
         tiers: list[Tier] = [*resident, store]
         hierarchy = TierHierarchy(tiers, store)
@@ -55,12 +57,19 @@ async def running(settings: Settings) -> AsyncIterator[TiermemService]:
         write_behind = WriteBehind(store, settings.derived_flush_ms)
         write_behind.start()
         stack.push_async_callback(write_behind.stop)
-        batcher = MicroBatcher(encoder, settings.max_batch_size, settings.max_batch_wait_ms)
+        batcher = MicroBatcher(
+            encoder, settings.max_batch_size, settings.max_batch_wait_ms
+        )
         batcher.start()
         stack.push_async_callback(batcher.stop)
 
         service = TiermemService(
-            encoder, batcher, hierarchy, resident, write_behind, settings.resident_max_rows
+            encoder,
+            batcher,
+            hierarchy,
+            resident,
+            write_behind,
+            settings.resident_max_rows,
         )
         stack.push_async_callback(service.settle)
         logger.info("tiermem ready: tiers %s", ", ".join(t.name for t in tiers))

@@ -69,19 +69,28 @@ class TiermemService:
 
     # -- embeddings ---------------------------------------------------------
 
-    async def embed(self, texts: Sequence[str], trace: Trace, deadline: Deadline) -> Embedded:
+    async def embed(
+        self, texts: Sequence[str], trace: Trace, deadline: Deadline
+    ) -> Embedded:
         """Vectors for texts: from the embedding cache, else from the model."""
         refs = [(self.embedding_namespace, _text_key(text)) for text in texts]
         cached = await self.hierarchy.get_many(refs, trace, deadline)
-        todo = list(dict.fromkeys(t for t, ref in zip(texts, refs, strict=True)
-                                  if ref not in cached.records))
+        todo = list(
+            dict.fromkeys(
+                t
+                for t, ref in zip(texts, refs, strict=True)
+                if ref not in cached.records
+            )
+        )
         fresh = await self._encode(todo, trace)
         by_ref = dict(cached.records)
         by_ref.update({r.ref: r for r in fresh})
         tiers = [cached.tiers.get(ref, "model") for ref in refs]
         trace.count(tiers)
-        vectors = np.stack([by_ref[ref].vector for ref in refs]) if refs else np.zeros(
-            (0, self.encoder.dim), np.float32
+        vectors = (
+            np.stack([by_ref[ref].vector for ref in refs])
+            if refs
+            else np.zeros((0, self.encoder.dim), np.float32)
         )
         tokens = sum(int((by_ref[ref].metadata or {}).get("tokens", 0)) for ref in refs)
         return Embedded(vectors, tokens, tiers)
@@ -139,7 +148,9 @@ class TiermemService:
         await self.hierarchy.delete([(namespace, key)], trace)
         return True
 
-    async def _write(self, namespace: str, records: list[Record], trace: Trace) -> list[Record]:
+    async def _write(
+        self, namespace: str, records: list[Record], trace: Trace
+    ) -> list[Record]:
         self._note_write(namespace)
         return await self.hierarchy.write(records, trace)
 
@@ -158,7 +169,12 @@ class TiermemService:
     ) -> Record:
         embedded = await self.embed([text], trace, deadline)
         record = Record(
-            namespace, uuid.uuid4().hex, embedded.vectors[0], 0, text=text, metadata=metadata
+            namespace,
+            uuid.uuid4().hex,
+            embedded.vectors[0],
+            0,
+            text=text,
+            metadata=metadata,
         )
         committed = await self._write(namespace, [record], trace)
         return committed[0]
@@ -192,10 +208,14 @@ class TiermemService:
                 return SearchResult(found[0], exact=True, tier=tier.name)
         started = time.perf_counter()
         hits = await self.hierarchy.store.search(namespace, query, k, metadata_filter)
-        trace.add_time(self.hierarchy.store.name, (time.perf_counter() - started) * 1000.0)
+        trace.add_time(
+            self.hierarchy.store.name, (time.perf_counter() - started) * 1000.0
+        )
         trace.count([self.hierarchy.store.name] * len(hits))
         self._load_later(namespace)
-        return SearchResult([(h.score, h.record) for h in hits], exact=False, tier="pgvector")
+        return SearchResult(
+            [(h.score, h.record) for h in hits], exact=False, tier="pgvector"
+        )
 
     # -- residency ----------------------------------------------------------
 
@@ -248,4 +268,3 @@ def _metadata_matcher(wanted: dict[str, Any] | None) -> Any:
         return all(held.get(name) == value for name, value in wanted.items())
 
     return keep
-

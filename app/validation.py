@@ -57,7 +57,9 @@ def check_vector(field: str, values: Sequence[float], settings: Settings) -> np.
 
 def check_k(k: int, settings: Settings) -> None:
     if k > settings.max_k:
-        raise BadInput("k", f"is {k}; at most {settings.max_k} is allowed (TIERMEM_MAX_K)")
+        raise BadInput(
+            "k", f"is {k}; at most {settings.max_k} is allowed (TIERMEM_MAX_K)"
+        )
 
 
 def check_dim(field: str, got: int, expected: int | None) -> None:

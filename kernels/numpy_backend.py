@@ -40,7 +40,7 @@ class NumpyKernels:
 
     # -- hash index ---------------------------------------------------------
 
-    def _find(self, index: Index, hashes: np.ndarray) -> IntArray:
+    def _find(self, index: Index, hashes: np.ndarray) -> npt.NDArray[np.int64]:
         """Slot position of each hash, -1 where absent."""
         hashes = np.asarray(hashes, np.uint64)
         mask = np.uint64(index.hashes.size - 1)

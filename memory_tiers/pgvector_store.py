@@ -186,7 +186,8 @@ class PgvectorTier(Tier):
             ]
             await conn.executemany(UPSERT, [_params(r) for r in stamped])
             await conn.executemany(
-                "INSERT INTO tiermem_outbox (namespace, key, version) VALUES ($1, $2, $3)",
+                "INSERT INTO tiermem_outbox (namespace, key, version)"
+                " VALUES ($1, $2, $3)",
                 [(r.namespace, r.key, r.version) for r in stamped],
             )
         return stamped
@@ -196,7 +197,8 @@ class PgvectorTier(Tier):
 
     async def count(self, namespace: str) -> int:
         rows = await self._fetch(
-            "SELECT count(*) AS n FROM tiermem_records WHERE namespace = $1 AND NOT deleted",
+            "SELECT count(*) AS n FROM tiermem_records"
+            " WHERE namespace = $1 AND NOT deleted",
             namespace,
         )
         return int(rows[0]["n"])
@@ -320,11 +322,10 @@ class _Guarded:
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise TierError("pgvector", str(exc)) from exc
 
-    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         await self.acquire.__aexit__(exc_type, exc, tb)
         if isinstance(exc, (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)):
             raise TierError("pgvector", str(exc)) from exc
-        return False
 
 
 async def _create_schema(dsn: str) -> None:

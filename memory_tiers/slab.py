@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from kernels import Kernels, host_kernels
-from memory_tiers.base import Record, RecordKey, Vector, key_hash
+from memory_tiers.base import Record, RecordKey, key_hash
 
 logger = logging.getLogger(__name__)
 
@@ -138,8 +138,10 @@ class VectorSlab:
 
     def versions(self, refs: Sequence[RecordKey]) -> dict[RecordKey, int]:
         """Versions held for refs, without touching the vectors."""
+        if not refs or self.capacity == 0:
+            return {}
         hashes = np.array([key_hash(ref) for ref in refs], np.uint64)
-        rows = self.kernels.probe(self.index, hashes) if refs else []
+        rows = self.kernels.probe(self.index, hashes)
         out = {}
         for ref, row in zip(refs, rows, strict=True):
             meta = self.meta[int(row)] if row >= 0 else None

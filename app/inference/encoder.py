@@ -34,7 +34,9 @@ class ModelIdentity:
 
     @property
     def fingerprint(self) -> str:
-        spec = f"{self.name}|{self.revision}|{self.pooling}|{self.normalised}|{self.dim}"
+        spec = (
+            f"{self.name}|{self.revision}|{self.pooling}|{self.normalised}|{self.dim}"
+        )
         return hashlib.sha256(spec.encode()).hexdigest()[:16]
 
 

@@ -40,13 +40,20 @@ async def create_embeddings(
         for i, vector in enumerate(embedded.vectors)
     ]
     usage = {"prompt_tokens": embedded.tokens, "total_tokens": embedded.tokens}
-    content = {"object": "list", "data": data, "model": settings.model_name, "usage": usage}
+    content = {
+        "object": "list",
+        "data": data,
+        "model": settings.model_name,
+        "usage": usage,
+    }
     return traced(content, trace)
 
 
 def _check_model(body: EmbeddingsRequest, settings: Settings, dim: int) -> None:
     accepted = {settings.model_name, f"sentence-transformers/{settings.model_name}"}
     if body.model is not None and body.model not in accepted:
-        raise BadInput("model", f"{body.model!r} is not served; use {settings.model_name!r}")
+        raise BadInput(
+            "model", f"{body.model!r} is not served; use {settings.model_name!r}"
+        )
     if body.dimensions is not None and body.dimensions != dim:
         raise BadInput("dimensions", f"this model produces {dim} dimensions only")

@@ -44,10 +44,16 @@ async def create_memory(
     deadline: Deadline = Depends(deps.deadline),
 ) -> FastJSONResponse:
     check_texts("text", [body.text], settings)
-    check_dim("text", service.encoder.dim, await service.hierarchy.store.namespace_dim(body.namespace))
+    check_dim(
+        "text",
+        service.encoder.dim,
+        await service.hierarchy.store.namespace_dim(body.namespace),
+    )
 
     trace = Trace()
-    record = await service.add_memory(body.namespace, body.text, body.metadata, trace, deadline)
+    record = await service.add_memory(
+        body.namespace, body.text, body.metadata, trace, deadline
+    )
     return traced(_memory(record), trace, status_code=201)
 
 
@@ -95,9 +101,18 @@ async def search_memories(
         query = (await service.embed([body.query], trace, deadline)).vectors[0]
     else:
         query = check_vector("vector", body.vector or [], settings)
-    check_dim("vector", len(query), await service.hierarchy.store.namespace_dim(body.namespace))
+    check_dim(
+        "vector",
+        len(query),
+        await service.hierarchy.store.namespace_dim(body.namespace),
+    )
     result = await service.search(body.namespace, query, body.k, body.filter, trace)
 
     hits = [{**_memory(record), "score": score} for score, record in result.hits]
-    content = {"namespace": body.namespace, "exact": result.exact, "tier": result.tier, "results": hits}
+    content = {
+        "namespace": body.namespace,
+        "exact": result.exact,
+        "tier": result.tier,
+        "results": hits,
+    }
     return traced(content, trace)

@@ -45,7 +45,9 @@ async def lookup(
                 "vector": encode_vector(record.vector, body.encoding_format),
             }
         )
-    return traced({"namespace": body.namespace, "items": items, "missing": missing}, trace)
+    return traced(
+        {"namespace": body.namespace, "items": items, "missing": missing}, trace
+    )
 
 
 @router.put("/v1/vectors")
@@ -59,10 +61,14 @@ async def put_vectors(
         check_vector(f"items[{i}].vector", item.vector, settings)
         for i, item in enumerate(body.items)
     ]
-    _check_same_dim(vectors, await service.hierarchy.store.namespace_dim(body.namespace))
+    _check_same_dim(
+        vectors, await service.hierarchy.store.namespace_dim(body.namespace)
+    )
 
     trace = Trace()
-    items = [(it.key, vec, it.metadata) for it, vec in zip(body.items, vectors, strict=True)]
+    items = [
+        (it.key, vec, it.metadata) for it, vec in zip(body.items, vectors, strict=True)
+    ]
     committed = await service.put_vectors(body.namespace, items, trace)
 
     versions = [{"key": r.key, "version": r.version} for r in committed]

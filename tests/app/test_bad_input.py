@@ -28,11 +28,18 @@ def test_wrong_dimension_names_the_item_and_the_namespace_dim(
     assert "holds 3" in error_of(response)["message"]
 
 
-def test_mixed_dimensions_in_one_batch_write_nothing(client: httpx.Client, namespace: str) -> None:
-    items = [{"key": "a", "vector": [1.0, 0.0]}, {"key": "b", "vector": [1.0, 0.0, 0.0]}]
+def test_mixed_dimensions_in_one_batch_write_nothing(
+    client: httpx.Client, namespace: str
+) -> None:
+    items = [
+        {"key": "a", "vector": [1.0, 0.0]},
+        {"key": "b", "vector": [1.0, 0.0, 0.0]},
+    ]
 
     response = client.put("/v1/vectors", json={"namespace": namespace, "items": items})
-    lookup = client.post("/v1/lookup", json={"namespace": namespace, "keys": ["a", "b"]})
+    lookup = client.post(
+        "/v1/lookup", json={"namespace": namespace, "keys": ["a", "b"]}
+    )
 
     assert response.status_code == 422
     assert error_of(response)["field"] == "items[1].vector"
@@ -40,8 +47,13 @@ def test_mixed_dimensions_in_one_batch_write_nothing(client: httpx.Client, names
 
 
 @pytest.mark.parametrize("bad", ["NaN", "Infinity", "-Infinity"])
-def test_non_finite_values_are_refused(client: httpx.Client, namespace: str, bad: str) -> None:
-    body = '{"namespace": "%s", "items": [{"key": "k", "vector": [0.5, %s]}]}' % (namespace, bad)
+def test_non_finite_values_are_refused(
+    client: httpx.Client, namespace: str, bad: str
+) -> None:
+    body = (
+        f'{{"namespace": "{namespace}", '
+        f'"items": [{{"key": "k", "vector": [0.5, {bad}]}}]}}'
+    )
 
     response = client.put(
         "/v1/vectors", content=body, headers={"content-type": "application/json"}

@@ -35,8 +35,12 @@ def test_float_and_base64_formats_carry_the_same_vector(client: httpx.Client) ->
     floats = client.post("/v1/embeddings", json={**body, "encoding_format": "float"})
     packed = client.post("/v1/embeddings", json={**body, "encoding_format": "base64"})
 
-    decoded = np.frombuffer(base64.b64decode(packed.json()["data"][0]["embedding"]), "<f4")
-    np.testing.assert_array_equal(decoded, np.array(floats.json()["data"][0]["embedding"], "<f4"))
+    decoded = np.frombuffer(
+        base64.b64decode(packed.json()["data"][0]["embedding"]), "<f4"
+    )
+    np.testing.assert_array_equal(
+        decoded, np.array(floats.json()["data"][0]["embedding"], "<f4")
+    )
 
 
 def test_repeated_texts_are_served_from_the_cache_tiers(client: httpx.Client) -> None:
@@ -51,4 +55,7 @@ def test_repeated_texts_are_served_from_the_cache_tiers(client: httpx.Client) ->
     np.testing.assert_array_equal(
         first.json()["data"][0]["embedding"], second.json()["data"][1]["embedding"]
     )
-    assert second.json()["usage"]["prompt_tokens"] == 2 * first.json()["usage"]["prompt_tokens"]
+    assert (
+        second.json()["usage"]["prompt_tokens"]
+        == 2 * first.json()["usage"]["prompt_tokens"]
+    )

@@ -85,7 +85,9 @@ def test_matches_sentence_transformers(encoder: Encoder) -> None:
 
 def test_batch_composition_does_not_change_a_vector(encoder: Encoder) -> None:
     alone = encoder.encode(["short"]).vectors[0]
-    padded = encoder.encode(["short", "a much longer sentence that forces padding"]).vectors[0]
+    padded = encoder.encode(
+        ["short", "a much longer sentence that forces padding"]
+    ).vectors[0]
 
     np.testing.assert_allclose(alone, padded, atol=1e-5)
 

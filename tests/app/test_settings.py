@@ -27,7 +27,11 @@ def test_variables_override_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize(
     ("variable", "value"),
-    [("TIERMEM_PORT", "70000"), ("TIERMEM_HBM_BYTES", "lots"), ("TIERMEM_DEADLINE_MS", "-1")],
+    [
+        ("TIERMEM_PORT", "70000"),
+        ("TIERMEM_HBM_BYTES", "lots"),
+        ("TIERMEM_DEADLINE_MS", "-1"),
+    ],
 )
 def test_a_bad_variable_is_named_with_its_value(
     monkeypatch: pytest.MonkeyPatch, variable: str, value: str

@@ -15,12 +15,18 @@ def vec(dim: int, seed: int) -> list[float]:
 
 
 def test_put_lookup_delete_roundtrip(client: httpx.Client, namespace: str) -> None:
-    items = [{"key": f"k{i}", "vector": vec(384, i), "metadata": {"i": i}} for i in range(3)]
+    items = [
+        {"key": f"k{i}", "vector": vec(384, i), "metadata": {"i": i}} for i in range(3)
+    ]
 
     put = client.put("/v1/vectors", json={"namespace": namespace, "items": items})
-    looked = client.post("/v1/lookup", json={"namespace": namespace, "keys": ["k0", "k2", "nope"]})
+    looked = client.post(
+        "/v1/lookup", json={"namespace": namespace, "keys": ["k0", "k2", "nope"]}
+    )
     deleted = client.delete(f"/v1/vectors/k0?namespace={namespace}")
-    after = client.post("/v1/lookup", json={"namespace": namespace, "keys": ["k0", "k2"]})
+    after = client.post(
+        "/v1/lookup", json={"namespace": namespace, "keys": ["k0", "k2"]}
+    )
 
     assert put.status_code == 200
     versions = [item["version"] for item in put.json()["items"]]
@@ -28,7 +34,9 @@ def test_put_lookup_delete_roundtrip(client: httpx.Client, namespace: str) -> No
     body = looked.json()
     assert [item["key"] for item in body["items"]] == ["k0", "k2"]
     assert body["missing"] == ["nope"]
-    np.testing.assert_allclose(body["items"][1]["vector"], items[2]["vector"], rtol=1e-6)
+    np.testing.assert_allclose(
+        body["items"][1]["vector"], items[2]["vector"], rtol=1e-6
+    )
     assert body["items"][0]["tier"] == "host"  # written through on commit
     assert looked.headers["X-Tiermem-Served-By"] == "host=2"
     assert deleted.status_code == 204
@@ -53,13 +61,19 @@ def test_memory_is_found_by_a_query_phrased_differently(
         "Our team won the football match last night.",
     ]
     ids = [
-        client.post("/v1/memories", json={"namespace": namespace, "text": t}).json()["id"]
+        client.post("/v1/memories", json={"namespace": namespace, "text": t}).json()[
+            "id"
+        ]
         for t in texts
     ]
 
     found = client.post(
         "/v1/memories/search",
-        json={"namespace": namespace, "query": "a kitten napping by the window", "k": 2},
+        json={
+            "namespace": namespace,
+            "query": "a kitten napping by the window",
+            "k": 2,
+        },
     )
 
     assert found.status_code == 200
@@ -87,20 +101,33 @@ def test_search_turns_exact_once_the_namespace_is_resident(
     assert exact["exact"] is True
     assert [r["id"] for r in exact["results"]] == [r["id"] for r in first["results"]]
     np.testing.assert_allclose(
-        [r["score"] for r in exact["results"]], [r["score"] for r in first["results"]], atol=1e-4
+        [r["score"] for r in exact["results"]],
+        [r["score"] for r in first["results"]],
+        atol=1e-4,
     )
 
 
-def test_metadata_filter_limits_the_results(client: httpx.Client, namespace: str) -> None:
+def test_metadata_filter_limits_the_results(
+    client: httpx.Client, namespace: str
+) -> None:
     for i, text in enumerate(["red car", "red apple", "blue car", "blue sky"]):
         client.post(
             "/v1/memories",
-            json={"namespace": namespace, "text": text, "metadata": {"colour": text.split()[0], "i": i}},
+            json={
+                "namespace": namespace,
+                "text": text,
+                "metadata": {"colour": text.split()[0], "i": i},
+            },
         )
 
     found = client.post(
         "/v1/memories/search",
-        json={"namespace": namespace, "query": "vehicle", "k": 4, "filter": {"colour": "blue"}},
+        json={
+            "namespace": namespace,
+            "query": "vehicle",
+            "k": 4,
+            "filter": {"colour": "blue"},
+        },
     ).json()
 
     assert {r["text"] for r in found["results"]} == {"blue car", "blue sky"}
@@ -109,7 +136,8 @@ def test_metadata_filter_limits_the_results(client: httpx.Client, namespace: str
 
 def test_get_and_delete_a_memory(client: httpx.Client, namespace: str) -> None:
     created = client.post(
-        "/v1/memories", json={"namespace": namespace, "text": "remember me", "metadata": {"a": 1}}
+        "/v1/memories",
+        json={"namespace": namespace, "text": "remember me", "metadata": {"a": 1}},
     )
     memory_id = created.json()["id"]
 

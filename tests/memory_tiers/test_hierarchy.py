@@ -46,7 +46,7 @@ def tiers(store: PgvectorTier) -> tuple[ResidentTier, ResidentTier, TierHierarch
 async def test_reads_walk_down_and_promote_under_admission(
     store: PgvectorTier, namespace: str
 ) -> None:
-    hbm, host, hierarchy = tiers(store)
+    _, _, hierarchy = tiers(store)
     await store.commit([record(namespace, "a")])
     ref = (namespace, "a")
 
@@ -62,7 +62,7 @@ async def test_reads_walk_down_and_promote_under_admission(
 async def test_each_tier_is_asked_only_for_what_is_still_missing(
     store: PgvectorTier, namespace: str
 ) -> None:
-    hbm, host, hierarchy = tiers(store)
+    _, host, hierarchy = tiers(store)
     committed = await store.commit([record(namespace, k) for k in "abc"])
     await host.put_many(committed[:1])
     trace = Trace()
@@ -78,17 +78,23 @@ async def test_each_tier_is_asked_only_for_what_is_still_missing(
     assert set(trace.timings_ms) == {"hbm", "host", "pgvector"}
 
 
-async def test_write_is_committed_then_cached(store: PgvectorTier, namespace: str) -> None:
-    hbm, host, hierarchy = tiers(store)
+async def test_write_is_committed_then_cached(
+    store: PgvectorTier, namespace: str
+) -> None:
+    _, host, hierarchy = tiers(store)
 
     committed = await hierarchy.write([record(namespace, "a")], Trace())
 
-    assert (await store.get_many([(namespace, "a")]))[(namespace, "a")].version == committed[0].version
+    assert (await store.get_many([(namespace, "a")]))[
+        (namespace, "a")
+    ].version == committed[0].version
     assert (namespace, "a") in await host.get_many([(namespace, "a")])
 
 
-async def test_delete_removes_the_key_from_every_tier(store: PgvectorTier, namespace: str) -> None:
-    hbm, host, hierarchy = tiers(store)
+async def test_delete_removes_the_key_from_every_tier(
+    store: PgvectorTier, namespace: str
+) -> None:
+    _, host, hierarchy = tiers(store)
     await hierarchy.write([record(namespace, "a")], Trace())
 
     await hierarchy.delete([(namespace, "a")], Trace())
@@ -113,7 +119,9 @@ async def test_a_failing_cache_tier_costs_speed_not_correctness(
     assert stats["host"]["errors"] >= 2
 
 
-async def test_a_failing_store_fails_the_write(postgres_dsn: str, namespace: str) -> None:
+async def test_a_failing_store_fails_the_write(
+    postgres_dsn: str, namespace: str
+) -> None:
     store = await PgvectorTier.connect(postgres_dsn, max_size=1)
     hierarchy = TierHierarchy([store], store)
     await store.close()
