@@ -79,7 +79,9 @@ class ServiceThread:
 
 
 @pytest.fixture(scope="session")
-def service(postgres_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceThread]:
+def service(
+    postgres_dsn: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServiceThread]:
     """One running service for the API tests, on the session's PostgreSQL."""
     data_dir: Path = tmp_path_factory.mktemp("data")
     with ServiceThread(postgres_dsn=postgres_dsn, data_dir=data_dir) as running:

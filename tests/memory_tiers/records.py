@@ -13,6 +13,8 @@ def unit(dim: int, seed: int) -> np.ndarray:
     return vector / np.linalg.norm(vector)
 
 
-def record(namespace: str, key: str, dim: int = 8, version: int = 1, seed: int | None = None) -> Record:
+def record(
+    namespace: str, key: str, dim: int = 8, version: int = 1, seed: int | None = None
+) -> Record:
     vector = unit(dim, seed if seed is not None else hash((namespace, key)) % 2**32)
     return Record(namespace, key, vector, version=version, text=f"text of {key}")

@@ -31,7 +31,9 @@ async def test_commit_assigns_growing_versions_and_reads_back(
     assert held[(namespace, "a")].version == second[0].version
 
 
-async def test_each_commit_appends_outbox_rows(store: PgvectorTier, namespace: str) -> None:
+async def test_each_commit_appends_outbox_rows(
+    store: PgvectorTier, namespace: str
+) -> None:
     committed = await store.commit([record(namespace, "a"), record(namespace, "b")])
 
     async with store.pool.acquire() as conn:
@@ -39,7 +41,9 @@ async def test_each_commit_appends_outbox_rows(store: PgvectorTier, namespace: s
             "SELECT key, version FROM tiermem_outbox WHERE namespace = $1 ORDER BY id",
             namespace,
         )
-    assert [(r["key"], r["version"]) for r in rows] == [(c.key, c.version) for c in committed]
+    assert [(r["key"], r["version"]) for r in rows] == [
+        (c.key, c.version) for c in committed
+    ]
 
 
 async def test_a_wrong_dim_is_refused_and_nothing_is_written(
@@ -48,7 +52,9 @@ async def test_a_wrong_dim_is_refused_and_nothing_is_written(
     await store.commit([record(namespace, "a", dim=8)])
 
     with pytest.raises(DimensionMismatch):
-        await store.commit([record(namespace, "b", dim=8), record(namespace, "c", dim=4)])
+        await store.commit(
+            [record(namespace, "b", dim=8), record(namespace, "c", dim=4)]
+        )
 
     assert set(await store.get_many([(namespace, "b"), (namespace, "c")])) == set()
 
@@ -66,7 +72,9 @@ async def test_delete_leaves_a_tombstone_with_a_newer_version(
     assert await store.count(namespace) == 0
 
 
-async def test_put_many_keeps_the_newest_version(store: PgvectorTier, namespace: str) -> None:
+async def test_put_many_keeps_the_newest_version(
+    store: PgvectorTier, namespace: str
+) -> None:
     await store.put_many([record(namespace, "a", version=10, seed=10)])
     await store.put_many([record(namespace, "a", version=9, seed=9)])
 
@@ -92,7 +100,9 @@ async def test_hnsw_search_finds_the_nearest_with_metadata_filter(
     assert all(h.record.metadata == {"group": "even"} for h in filtered)
 
 
-async def test_load_namespace_respects_the_limit(store: PgvectorTier, namespace: str) -> None:
+async def test_load_namespace_respects_the_limit(
+    store: PgvectorTier, namespace: str
+) -> None:
     await store.commit([record(namespace, str(i)) for i in range(5)])
 
     assert len(await store.load_namespace(namespace, 5) or []) == 5

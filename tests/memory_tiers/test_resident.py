@@ -91,7 +91,9 @@ async def test_search_applies_a_record_filter() -> None:
         rec.metadata = {"even": i % 2 == 0}
     tier.hold_namespace("docs", records)
 
-    found = tier.search("docs", unit(8, 5)[None, :], 10, lambda r: bool(r.metadata["even"]))
+    found = tier.search(
+        "docs", unit(8, 5)[None, :], 10, lambda r: bool(r.metadata["even"])
+    )
 
     assert found is not None
     assert sorted(int(h[1].key) for h in found[0]) == [0, 2, 4, 6, 8]
@@ -100,7 +102,9 @@ async def test_search_applies_a_record_filter() -> None:
 async def test_eviction_of_a_resident_row_ends_residency() -> None:
     tier = ResidentTier("host", host_kernels(), 300_000, [8], AdmitAll())
     capacity = tier.slabs[8].capacity
-    assert tier.hold_namespace("docs", [record("docs", str(i)) for i in range(capacity)])
+    assert tier.hold_namespace(
+        "docs", [record("docs", str(i)) for i in range(capacity)]
+    )
 
     await tier.put_many([record("other", "x")])
 
@@ -111,7 +115,9 @@ async def test_namespace_larger_than_the_tier_is_not_resident() -> None:
     tier = ResidentTier("host", host_kernels(), 300_000, [8], AdmitAll())
     capacity = tier.slabs[8].capacity
 
-    held = tier.hold_namespace("docs", [record("docs", str(i)) for i in range(capacity + 1)])
+    held = tier.hold_namespace(
+        "docs", [record("docs", str(i)) for i in range(capacity + 1)]
+    )
 
     assert not held
     assert not tier.can_search("docs")

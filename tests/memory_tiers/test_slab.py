@@ -95,7 +95,11 @@ def test_full_slab_evicts_unreferenced_rows_first() -> None:
     result = slab.upsert([record("n", "d")])
 
     assert result.evicted == [("n", "b")]
-    assert set(slab.lookup([("n", k) for k in "abcd"])) == {("n", "a"), ("n", "c"), ("n", "d")}
+    assert set(slab.lookup([("n", k) for k in "abcd"])) == {
+        ("n", "a"),
+        ("n", "c"),
+        ("n", "d"),
+    }
 
 
 def test_pinned_rows_are_never_evicted_and_excess_is_declined() -> None:
