@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
 
-from app import errors
+from app import errors, metrics
 from app.routes import embeddings, health, memories, tiers, vectors
 from app.runtime import running
 from app.settings import Settings, load_settings
@@ -29,9 +29,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="tiermem", version="0.1.0", lifespan=lifespan)
     app.state.settings = conf
+    app.state.metrics = metrics.Metrics()
     errors.install(app)
+    app.middleware("http")(app.state.metrics.middleware)
     app.middleware("http")(_request_id)
-    for module in (embeddings, vectors, memories, tiers, health):
+    for module in (embeddings, vectors, memories, tiers, health, metrics):
         app.include_router(module.router)
     return app
 

@@ -250,6 +250,10 @@ class TiermemService:
         while self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)
 
+    async def outbox_pending(self) -> int | None:
+        """Committed records not yet exported to the lower tiers (None: no export)."""
+        return None
+
     async def ready(self) -> bool:
         return await self.hierarchy.store.ping()
 

@@ -78,10 +78,27 @@ class TierHealth:
 
 @dataclass
 class ReadResult:
-    """Records found (tombstones removed) and the tier that served each."""
+    """Records found (tombstones removed), the tier that served each, and the
+    refs still being fetched from a slow tier after the deadline."""
 
     records: dict[RecordKey, Record]
     tiers: dict[RecordKey, str]
+    pending: list[RecordKey] = field(default_factory=list)
+
+
+@dataclass
+class _Walk:
+    """The state of one walk down the tiers."""
+
+    missing: list[RecordKey]
+    found: dict[RecordKey, Record] = field(default_factory=dict)
+    origin: dict[RecordKey, int] = field(default_factory=dict)
+    pending: list[RecordKey] = field(default_factory=list)
+
+    def take(self, position: int, hits: dict[RecordKey, Record]) -> None:
+        self.found.update(hits)
+        self.origin.update({ref: position for ref in hits})
+        self.missing = [ref for ref in self.missing if ref not in hits]
 
 
 class TierHierarchy:
@@ -92,6 +109,7 @@ class TierHierarchy:
         self.store = store
         self.store_index = self.tiers.index(store)
         self.health = {tier.name: TierHealth() for tier in self.tiers}
+        self._background: set[asyncio.Future[None]] = set()
 
     @property
     def caches(self) -> list[Tier]:
@@ -108,28 +126,86 @@ class TierHierarchy:
     ) -> ReadResult:
         """Walk the tiers for refs; promote hits; tombstones read as misses.
 
-        Raises TierError only if the system of record fails.
+        Tiers below the system of record are waited for only within the
+        deadline; keys still out there are reported as pending and filled into
+        the faster tiers in the background. Raises TierError only if the
+        system of record fails.
         """
-        missing = list(dict.fromkeys(refs))
-        found: dict[RecordKey, Record] = {}
-        origin: dict[RecordKey, int] = {}
+        walk = _Walk(list(dict.fromkeys(refs)))
         for position, tier in enumerate(self.tiers):
-            if not missing:
+            if not walk.missing:
                 break
-            if self._skip(tier, position, deadline):
-                continue
-            hits = await self._ask(tier, trace, tier.get_many(missing), default={})
-            self._count(tier, len(hits), len(missing) - len(hits))
-            found.update(hits)
-            origin.update({ref: position for ref in hits})
-            missing = [ref for ref in missing if ref not in hits]
-        await self._promote(found, origin, trace)
-        live = {ref: rec for ref, rec in found.items() if not rec.deleted}
-        return ReadResult(live, {ref: self.tiers[origin[ref]].name for ref in live})
+            if position > self.store_index and deadline is not None:
+                if not await self._ask_in_time(walk, position, trace, deadline):
+                    break
+            elif not self._skip(tier, deadline):
+                walk.take(position, await self._ask_tier(tier, walk.missing, trace))
+        await self._promote(walk.found, walk.origin, trace)
+        live = {ref: rec for ref, rec in walk.found.items() if not rec.deleted}
+        tiers = {ref: self.tiers[walk.origin[ref]].name for ref in live}
+        return ReadResult(live, tiers, walk.pending)
 
-    def _skip(self, tier: Tier, position: int, deadline: Deadline | None) -> bool:
+    async def _ask_tier(
+        self, tier: Tier, refs: list[RecordKey], trace: Trace
+    ) -> dict[RecordKey, Record]:
+        hits = await self._ask(tier, trace, tier.get_many(refs), default={})
+        self._count(tier, len(hits), len(refs) - len(hits))
+        return hits
+
+    async def _ask_in_time(
+        self, walk: _Walk, position: int, trace: Trace, deadline: Deadline
+    ) -> bool:
+        """Ask a slow tier within the budget; False if the walk went background."""
+        tier = self.tiers[position]
+        p99 = self.health[tier.name].percentile(99)
+        budget_s = deadline.remaining_ms() / 1000.0
+        refs = list(walk.missing)
+        call = asyncio.ensure_future(self._ask_tier(tier, refs, trace))
+        if budget_s > 0 and (p99 is None or p99 / 1000.0 <= budget_s):
+            try:
+                walk.take(
+                    position, await asyncio.wait_for(asyncio.shield(call), budget_s)
+                )
+                return True
+            except TimeoutError:
+                pass
+        logger.debug("%d keys pending on %s past the deadline", len(refs), tier.name)
+        walk.pending = refs
+        walk.missing = []
+        self._spawn(self._finish_later(call, position, refs))
+        return False
+
+    async def _finish_later(
+        self,
+        call: Awaitable[dict[RecordKey, Record]],
+        position: int,
+        refs: list[RecordKey],
+    ) -> None:
+        """Complete a walk past its deadline, then promote what it found."""
+        walk = _Walk(refs)
+        trace = Trace()
+        walk.take(position, await call)
+        for lower in range(position + 1, len(self.tiers)):
+            if not walk.missing:
+                break
+            walk.take(
+                lower, await self._ask_tier(self.tiers[lower], walk.missing, trace)
+            )
+        await self._promote(walk.found, walk.origin, trace)
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def settle(self) -> None:
+        """Wait for background fills (tests and shutdown)."""
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+
+    def _skip(self, tier: Tier, deadline: Deadline | None) -> bool:
         # The store is never skipped: it decides whether a key exists at all.
-        if deadline is None or position == self.store_index:
+        if deadline is None or tier is self.store:
             return False
         p99 = self.health[tier.name].percentile(99)
         if p99 is not None and p99 > deadline.remaining_ms():
@@ -237,6 +313,7 @@ class TierHierarchy:
         return out
 
     async def close(self) -> None:
+        await self.settle()
         for tier in self.tiers:
             try:
                 await tier.close()

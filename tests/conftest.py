@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 import threading
 import time
 import uuid
@@ -27,13 +28,17 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def postgres_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def postgres_dsn() -> Iterator[str]:
     """A real embedded PostgreSQL + pgvector for the whole session."""
     from memory_tiers.embedded import EmbeddedPostgres
 
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg"))
-    yield server.dsn
-    server.stop()
+    # PostgreSQL runs as its own system user when the tests run as root, and
+    # pytest's temporary directories are private to the test user.
+    with tempfile.TemporaryDirectory(prefix="tiermem-pg-") as base:
+        os.chmod(base, 0o755)
+        server = EmbeddedPostgres(Path(base))
+        yield server.dsn
+        server.stop()
 
 
 @pytest.fixture

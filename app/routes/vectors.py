@@ -30,11 +30,13 @@ async def lookup(
     trace = Trace()
     result = await service.lookup(body.namespace, body.keys, trace, deadline)
 
+    pending = {key for _, key in result.pending}
     items, missing = [], []
     for key in dict.fromkeys(body.keys):
         record = result.records.get((body.namespace, key))
         if record is None:
-            missing.append(key)
+            if key not in pending:
+                missing.append(key)
             continue
         items.append(
             {
@@ -45,9 +47,13 @@ async def lookup(
                 "vector": encode_vector(record.vector, body.encoding_format),
             }
         )
-    return traced(
-        {"namespace": body.namespace, "items": items, "missing": missing}, trace
-    )
+    content = {
+        "namespace": body.namespace,
+        "items": items,
+        "missing": missing,
+        "pending": sorted(pending),
+    }
+    return traced(content, trace)
 
 
 @router.put("/v1/vectors")
