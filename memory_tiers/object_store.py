@@ -263,20 +263,10 @@ class ObjectTier(Tier):
         """
         prefix = f"snapshots/{escape_segment(name)}"
         old_parts = await self._manifest_parts(prefix)
-        generation = uuid.uuid4().hex[:12]
-        size = self.snapshot_part_records
-        count = max(1, -(-len(records) // size))
-        parts = [f"{generation}-{index:05d}.bulk" for index in range(count)]
 
-        # One part at a time, encoded off the event loop: memory stays at one
-        # part and requests keep being served while a snapshot is written.
-        for index, part in enumerate(parts):
-            chunk = records[index * size : (index + 1) * size]
-            blob = await asyncio.to_thread(encode_bulk, chunk, self.dtype)
-            await self._put(f"{prefix}/{part}", blob)
+        parts = await self._write_parts(prefix, records)
         manifest = {
             "name": name,
-            "generation": generation,
             "parts": parts,
             "records": len(records),
             "created_at": time.time(),
@@ -288,6 +278,21 @@ class ObjectTier(Tier):
         logger.info(
             "snapshot %r saved: %s records, %s parts", name, len(records), len(parts)
         )
+
+    async def _write_parts(self, prefix: str, records: Sequence[Record]) -> list[str]:
+        """Write records as bulk parts under a fresh generation; their names."""
+        generation = uuid.uuid4().hex[:12]
+        size = self.snapshot_part_records
+        count = max(1, -(-len(records) // size))
+        parts = [f"{generation}-{index:05d}.bulk" for index in range(count)]
+
+        # One part at a time, encoded off the event loop: memory stays at one
+        # part and requests keep being served while a snapshot is written.
+        for index, part in enumerate(parts):
+            chunk = records[index * size : (index + 1) * size]
+            blob = await asyncio.to_thread(encode_bulk, chunk, self.dtype)
+            await self._put(f"{prefix}/{part}", blob)
+        return parts
 
     async def load_snapshot(self, name: str) -> list[Record]:
         """The records of snapshot `name`; empty when there is none."""

@@ -28,6 +28,7 @@ SELECT id, namespace, key, version FROM tiermem_outbox
 ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
 """
 
+
 @dataclass(frozen=True, slots=True)
 class Backoff:
     """Exponential backoff with jitter: base_s * 2**attempt, capped at max_s."""
@@ -134,4 +135,3 @@ class OutboxExporter:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.idle_s)
                 self._wake.clear()
-

@@ -107,6 +107,9 @@ class RedisTier(Tier):
     A TTL of None keeps the key until Redis evicts it.
     """
 
+    # TODO: MGET and the per-key pipelines assume one Redis primary; Redis
+    # Cluster would need the cluster client and per-slot batches.
+
     name = "redis"
 
     def __init__(
@@ -121,9 +124,13 @@ class RedisTier(Tier):
         retries: int = 1,
         channel: str = INVALIDATION_CHANNEL,
     ) -> None:
+        overrides = dict(namespace_ttl_s or {})
+        for field_name, value in [("ttl_s", ttl_s), *overrides.items()]:
+            if value is not None and value <= 0:
+                raise ValueError(f"{field_name}={value}: a TTL must be > 0 or None")
         self.url = url
         self.ttl_s = ttl_s
-        self.namespace_ttl_s = dict(namespace_ttl_s or {})
+        self.namespace_ttl_s = overrides
         self.dtype: VectorDtype = dtype
         self.channel = channel
         self._client = aioredis.Redis.from_url(

@@ -145,6 +145,20 @@ class ResidentTier(Tier):
         )
         return True
 
+    def restore(self, records: Sequence[Record]) -> int:
+        """Take records back from a snapshot, bypassing admission; returns how many."""
+        taken = 0
+        for dim, group in _by_dim(r for r in records if not r.deleted).items():
+            slab = self.slabs.get(dim)
+            if slab is not None:
+                taken += slab.upsert(group, pinned=False).written
+                self._note_unit_norms(group)
+        return taken
+
+    def dump(self) -> list[Record]:
+        """Every record held, with its vector (for snapshots)."""
+        return [rec for slab in self.slabs.values() for rec in slab.all_records()]
+
     def release_namespace(self, namespace: str) -> None:
         """Stop treating a namespace as whole (a change arrived from elsewhere)."""
         self.resident.discard(namespace)

@@ -131,6 +131,17 @@ class VectorSlab:
             for i, (ref, row) in enumerate(found)
         }
 
+    def all_records(self) -> list[Record]:
+        """Every record held, vectors included, in row order."""
+        rows = np.flatnonzero(self.row_ns >= 0).astype(np.int32)
+        if rows.size == 0:
+            return []
+        vectors = self.kernels.gather(self.vectors, rows, normalize=False)
+        return [
+            replace(_held(self.meta[int(row)]), vector=vectors[i])
+            for i, row in enumerate(rows)
+        ]
+
     def _holds(self, row: int, ref: RecordKey) -> bool:
         # Two refs sharing a 64-bit hash must not read each other's vector.
         meta = self.meta[row]

@@ -481,6 +481,9 @@ def _row_record(row: Sequence[Any]) -> Record:
 def _vector(value: Any) -> np.ndarray:
     # Snowflake returns ARRAY as JSON text, DuckDB as a list; VECTOR columns
     # of a source table arrive as lists too.
+    # TODO: every element passes through a Python float (and JSON text for
+    # Snowflake), roughly 10x the cost of a binary column; fetching Arrow
+    # batches, or storing BINARY beside the ARRAY, would make bulk reads cheap.
     if value is None:
         return np.zeros(0, dtype=np.float32)
     if isinstance(value, str | bytes):

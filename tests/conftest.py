@@ -13,9 +13,14 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
+
+from memory_tiers.embedded_servers import EmbeddedRedis, start_redis
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -25,6 +30,70 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+S3_CREDENTIALS = {
+    "access_key_id": "testing",
+    "secret_access_key": "testing",
+    "region": "us-east-1",
+}
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """A moto S3 endpoint with one bucket, and the ObjectTier options for it."""
+
+    endpoint: str
+    bucket: str
+    server: Any
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return {
+            **S3_CREDENTIALS,
+            "endpoint": self.endpoint,
+            "allow_http": True,
+            # moto on 127.0.0.1 has no bucket subdomains.
+            "virtual_hosted_style_request": False,
+        }
+
+    def url(self, prefix: str = "") -> str:
+        return f"s3://{self.bucket}/{prefix}"
+
+
+def start_s3() -> S3Server:
+    """A moto server on a free port with bucket "tiermem" created."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
+    client.create_bucket(Bucket="tiermem")
+    return S3Server(endpoint=endpoint, bucket="tiermem", server=server)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    """A real Redis-protocol server for the whole session."""
+    with start_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """moto's S3 over HTTP on 127.0.0.1, shared by the session."""
+    s3 = start_s3()
+    yield s3
+    s3.server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -85,17 +154,26 @@ class ServiceThread:
 
 @pytest.fixture(scope="session")
 def service(
-    postgres_dsn: str, tmp_path_factory: pytest.TempPathFactory
+    postgres_dsn: str,
+    redis_server: EmbeddedRedis,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ServiceThread]:
-    """One running service for the API tests, on the session's PostgreSQL."""
+    """One running service for the API tests, on the session's servers.
+
+    The warehouse (DuckDB) and object storage (a directory) are embedded.
+    """
     data_dir: Path = tmp_path_factory.mktemp("data")
-    with ServiceThread(postgres_dsn=postgres_dsn, data_dir=data_dir) as running:
+    with ServiceThread(
+        postgres_dsn=postgres_dsn, redis_url=redis_server.url, data_dir=data_dir
+    ) as running:
         yield running
 
 
 @pytest.fixture
-def client(service: ServiceThread) -> Iterator[object]:
-    import httpx
-
-    with httpx.Client(base_url=service.url, timeout=60) as http:
+def client(service: ServiceThread) -> Iterator[httpx.Client]:
+    """An HTTP client with a generous deadline: on a loaded 2-core machine the
+    default 50 ms would turn slow-tier misses into `pending` at random. Tests
+    of the deadline itself set their own header."""
+    headers = {"X-Tiermem-Deadline-Ms": "30000"}
+    with httpx.Client(base_url=service.url, timeout=60, headers=headers) as http:
         yield http

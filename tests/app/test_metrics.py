@@ -25,7 +25,9 @@ def test_metrics_count_requests_by_route_and_report_tiers(client: httpx.Client) 
         if labels["status"] == "2xx"
     }
     assert counts["/v1/embeddings"] >= 1
-    healthy = {labels["tier"]: value for labels, value in scraped["tiermem_tier_healthy"]}
+    healthy = {
+        labels["tier"]: value for labels, value in scraped["tiermem_tier_healthy"]
+    }
     assert healthy["pgvector"] == 1.0
     assert healthy["host"] == 1.0
     served = {labels["tier"] for labels, _ in scraped["tiermem_items_served_total"]}

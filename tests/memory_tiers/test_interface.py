@@ -30,7 +30,9 @@ def test_every_tier_class_implements_every_method() -> None:
 
     assert len(classes) >= 2
     for cls in classes:
-        assert not inspect.isabstract(cls), f"{cls.__name__} misses {cls.__abstractmethods__}"
+        assert not inspect.isabstract(cls), (
+            f"{cls.__name__} misses {cls.__abstractmethods__}"
+        )
         for method in INTERFACE:
             assert inspect.iscoroutinefunction(getattr(cls, method)), (cls, method)
 

@@ -1,0 +1,1 @@
+"""Benchmarks: correctness first, then timings; each prints a table and writes JSON."""
