@@ -171,7 +171,7 @@ def run(url: str, requests: int, rows: int) -> dict[str, Any]:
         tiers = client.get("/v1/tiers").json()["tiers"]
     return {
         "target_ms": TARGET_MS,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "date": time.strftime("%Y-%m-%d"),
         "rows": rows,
         "results": results,

@@ -100,6 +100,8 @@ class Tier(abc.ABC):
     name: str = "tier"
     # An authoritative tier's loss is data loss; a cache tier's loss is a miss.
     authoritative: bool = False
+    # An in-process tier answers in microseconds and is never worth skipping.
+    local: bool = False
 
     @abc.abstractmethod
     async def get_many(self, refs: Sequence[RecordKey]) -> dict[RecordKey, Record]:

@@ -36,6 +36,8 @@ class Admission(Protocol):
 class ResidentTier(Tier):
     """Fixed-budget vector slabs with a hash index, CLOCK eviction and admission."""
 
+    local = True
+
     def __init__(
         self,
         name: str,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -177,3 +179,38 @@ def client(service: ServiceThread) -> Iterator[httpx.Client]:
     headers = {"X-Tiermem-Deadline-Ms": "30000"}
     with httpx.Client(base_url=service.url, timeout=60, headers=headers) as http:
         yield http
+
+
+class ServiceProcess:
+    """`tiermem serve` as a child process, configured through TIERMEM_* vars."""
+
+    def __init__(self, **settings: object) -> None:
+        self.port = free_port()
+        self.env = {**os.environ, "TIERMEM_PORT": str(self.port)}
+        self.env.update({f"TIERMEM_{k.upper()}": str(v) for k, v in settings.items()})
+        self.child: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ServiceProcess:
+        command = [sys.executable, "-m", "app.cli", "serve"]
+        self.child = subprocess.Popen(command, env=self.env)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if self.child.poll() is not None:
+                raise RuntimeError(f"tiermem exited with {self.child.returncode}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.__exit__()
+        raise RuntimeError("tiermem did not become ready")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.child is not None:
+            self.child.terminate()
+            self.child.wait(timeout=60)

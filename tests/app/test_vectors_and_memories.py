@@ -158,7 +158,7 @@ def test_tiers_report_capacity_use_and_latency(client: httpx.Client) -> None:
 
     tiers = {t["name"]: t for t in client.get("/v1/tiers").json()["tiers"]}
 
-    assert {"hbm", "host", "pgvector"} <= set(tiers)
+    assert list(tiers) == ["hbm", "host", "redis", "pgvector", "warehouse", "object"]
     for name in ("hbm", "host"):
         assert tiers[name]["capacity_bytes"] > 0
         assert 0 < tiers[name]["used_bytes"] <= tiers[name]["capacity_bytes"]
