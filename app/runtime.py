@@ -61,7 +61,11 @@ async def running(settings: Settings) -> AsyncIterator[TiermemService]:
             settings.postgres_pool_max,
             settings.hnsw_ef_search,
         )
-        redis = RedisTier(_redis_url(settings, stack), ttl_s=settings.redis_ttl_s)
+        redis = RedisTier(
+            _redis_url(settings, stack),
+            ttl_s=settings.redis_ttl_s,
+            namespace_ttl_s=settings.redis_namespace_ttl_s,
+        )
         warehouse = _warehouse(settings)
         objects = ObjectTier(_object_url(settings), options=_object_options(settings))
         resident = resident_tiers(settings)
@@ -71,6 +75,7 @@ async def running(settings: Settings) -> AsyncIterator[TiermemService]:
 
         coherence = Coherence(redis, resident, settings.replica_id)
         await coherence.start()
+        stack.push_async_callback(coherence.stop)
         hierarchy.freshness = coherence.fresh
         hierarchy.commit_listeners.append(coherence.announce)
 

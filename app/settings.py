@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     # T2. Unset: an embedded Redis-protocol server on a free local port.
     redis_url: SecretStr | None = None
     redis_ttl_s: float = Field(3600.0, gt=0)
+    # JSON object: namespace (or prefix ending in "*") -> TTL in seconds.
+    redis_namespace_ttl_s: dict[str, float] = {}
 
     # T4. With no Snowflake account set: an embedded DuckDB file under data_dir.
     snowflake_account: str | None = None

@@ -14,6 +14,8 @@ refuses to promote anything older.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -21,6 +23,7 @@ from collections.abc import Sequence
 from memory_tiers.base import Record, RecordKey, TierError
 from memory_tiers.redis_cache import Invalidation, RedisTier
 from memory_tiers.resident import ResidentTier
+from memory_tiers.retry import Backoff
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +45,43 @@ class Coherence:
         self._newest: OrderedDict[RecordKey, int] = OrderedDict()
         self.received = 0
         self.published = 0
+        self.backoff = Backoff(base_s=0.5, max_s=30.0)
+        self._subscribed = False
+        self._retry: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Subscribe; raises TierError if Redis cannot be reached."""
+        """Subscribe now, or keep trying in the background if Redis is down."""
+        try:
+            await self._subscribe()
+        except TierError as exc:
+            logger.warning("not subscribed to invalidations yet, will retry: %s", exc)
+            self._retry = asyncio.create_task(self._subscribe_until_done())
+
+    async def stop(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            await asyncio.gather(self._retry, return_exceptions=True)
+
+    @property
+    def subscribed(self) -> bool:
+        return self._subscribed
+
+    async def _subscribe(self) -> None:
         await self.redis.subscribe(self.apply, ignore_origin=self.origin_id)
+        self._subscribed = True
+
+    async def _subscribe_until_done(self) -> None:
+        # TODO: until this succeeds, other replicas' changes are not dropped
+        # from this replica's T0/T1, which may serve old versions meanwhile.
+        for attempt in itertools.count():
+            await asyncio.sleep(self.backoff.delay_s(attempt))
+            try:
+                await self._subscribe()
+            except TierError as exc:
+                logger.warning("invalidation subscription failed again: %s", exc)
+                continue
+            logger.info("subscribed to invalidations after %d retries", attempt + 1)
+            return
 
     async def announce(self, committed: Sequence[Record]) -> None:
         """Tell the other replicas about a commit; a failure is logged, not raised.

@@ -14,12 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from memory_tiers.base import Record, Tier, TierError
 from memory_tiers.pgvector_store import PgvectorTier
+from memory_tiers.retry import Backoff
 
 logger = logging.getLogger(__name__)
 
@@ -27,18 +26,6 @@ CLAIM = """
 SELECT id, namespace, key, version FROM tiermem_outbox
 ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
 """
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Exponential backoff with jitter: base_s * 2**attempt, capped at max_s."""
-
-    base_s: float = 0.1
-    max_s: float = 30.0
-
-    def delay_s(self, attempt: int) -> float:
-        delay: float = min(self.max_s, self.base_s * 2.0 ** min(attempt, 30))
-        return delay * (0.5 + random.random() / 2)
 
 
 class OutboxExporter:

@@ -18,11 +18,13 @@ def test_defaults_load_without_any_variable() -> None:
 def test_variables_override_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TIERMEM_HBM_BYTES", "1048576")
     monkeypatch.setenv("TIERMEM_RESIDENT_DIMS", "384,768")
+    monkeypatch.setenv("TIERMEM_REDIS_NAMESPACE_TTL_S", '{"sessions": 60, "emb:*": 86400}')
 
     settings = load_settings()
 
     assert settings.hbm_bytes == 1048576
     assert settings.resident_dims == [384, 768]
+    assert settings.redis_namespace_ttl_s == {"sessions": 60.0, "emb:*": 86400.0}
 
 
 @pytest.mark.parametrize(

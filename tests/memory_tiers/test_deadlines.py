@@ -24,6 +24,9 @@ async def store(postgres_dsn: str) -> AsyncIterator[PgvectorTier]:
     await tier.close()
 
 
+Stack = tuple[ResidentTier, ObjectTier, TierHierarchy]
+
+
 @pytest.fixture
 async def stack(
     store: PgvectorTier, tmp_path: Path
@@ -41,7 +44,7 @@ async def stack(
 async def test_an_exhausted_deadline_reports_pending_and_fills_in_the_background(
     stack: tuple[ResidentTier, ObjectTier, TierHierarchy], namespace: str
 ) -> None:
-    host, objects, hierarchy = stack
+    _, objects, hierarchy = stack
     await objects.put_table(namespace, [record(namespace, "bulk")])
     ref = (namespace, "bulk")
 
@@ -69,7 +72,9 @@ async def test_a_caller_with_a_long_deadline_waits_for_the_slow_tier(
 
 
 async def test_keys_in_the_system_of_record_never_wait_on_slow_tiers(
-    stack: tuple[ResidentTier, ObjectTier, TierHierarchy], store: PgvectorTier, namespace: str
+    stack: tuple[ResidentTier, ObjectTier, TierHierarchy],
+    store: PgvectorTier,
+    namespace: str,
 ) -> None:
     _, _, hierarchy = stack
     await store.commit([record(namespace, "a")])

@@ -10,8 +10,9 @@ import pytest
 
 from memory_tiers.base import TierError
 from memory_tiers.object_store import ObjectTier
-from memory_tiers.outbox import Backoff, OutboxExporter
+from memory_tiers.outbox import OutboxExporter
 from memory_tiers.pgvector_store import PgvectorTier
+from memory_tiers.retry import Backoff
 from memory_tiers.warehouse import WarehouseTier
 from tests.conftest import S3Server, start_s3
 from tests.memory_tiers.records import record
@@ -35,7 +36,9 @@ def s3() -> Iterator[S3Server]:
 async def archived_keys(objects: ObjectTier, namespace: str) -> list[str]:
     """Every archived object of the namespace, duplicates included."""
     listed = await objects._list(f"records/{namespace}/")
-    return sorted(meta["path"].rsplit("/", 1)[-1].removesuffix(".rec") for meta in listed)
+    return sorted(
+        meta["path"].rsplit("/", 1)[-1].removesuffix(".rec") for meta in listed
+    )
 
 
 async def exporter_for(
