@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,8 @@ async def running(settings: Settings) -> AsyncIterator[TiermemService]:
         hierarchy = TierHierarchy(tiers, store)
         stack.push_async_callback(hierarchy.close)
 
-        coherence = Coherence(redis, resident, settings.replica_id)
+        origin_id = f"{settings.replica_id}-{uuid.uuid4().hex[:8]}"
+        coherence = Coherence(redis, resident, origin_id)
         await coherence.start()
         stack.push_async_callback(coherence.stop)
         hierarchy.freshness = coherence.fresh
@@ -84,7 +86,8 @@ async def running(settings: Settings) -> AsyncIterator[TiermemService]:
         stack.push_async_callback(exporter.stop)
         hierarchy.commit_listeners.append(_poke(exporter))
 
-        snapshots = Snapshots(objects, store, resident, settings.replica_id)
+        snapshot_name = settings.snapshot_name or settings.replica_id
+        snapshots = Snapshots(objects, store, resident, snapshot_name)
         if settings.warm_on_start:
             await snapshots.warm()
         if settings.snapshot_on_stop:

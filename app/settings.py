@@ -67,7 +67,13 @@ class Settings(BaseSettings):
 
     # Export from the outbox to T4 and T5, and coherence between replicas.
     export_batch: int = Field(256, ge=1, le=100_000)
+    # Names this replica in logs; a process-unique suffix is added on the
+    # invalidation channel, so two processes never mistake each other for self.
     replica_id: str = Field(default_factory=socket.gethostname, min_length=1)
+    # The snapshot this replica writes on stop and warms from on start. Replicas
+    # of one pool may share it (every restored row is checked against
+    # PostgreSQL); unset, it is the replica id.
+    snapshot_name: str | None = None
     snapshot_on_stop: bool = True
     warm_on_start: bool = True
 

@@ -1,6 +1,6 @@
 """Snapshots of the resident tiers in object storage, for warm restarts.
 
-On stop, each resident tier's records are written as one snapshot per replica
+On stop, each resident tier's records are written as one snapshot per name
 and tier. On start, a replica reads its snapshot back and keeps only records
 whose version is still the current one in the system of record, so a
 snapshot taken before later writes or deletes never serves stale data.
@@ -30,15 +30,15 @@ class Snapshots:
         objects: ObjectTier,
         store: PgvectorTier,
         resident: Sequence[ResidentTier],
-        replica_id: str,
+        snapshot_name: str,
     ) -> None:
         self.objects = objects
         self.store = store
         self.resident = list(resident)
-        self.replica_id = replica_id
+        self.snapshot_name = snapshot_name
 
     def name(self, tier: ResidentTier) -> str:
-        return f"{self.replica_id}.{tier.name}"
+        return f"{self.snapshot_name}.{tier.name}"
 
     async def save(self) -> dict[str, int]:
         """Write every resident tier's records; returns records saved per tier.

@@ -23,15 +23,25 @@ def vector(seed: int) -> list[float]:
 
 @pytest.fixture(scope="module")
 def replicas(
-    postgres_dsn: str, redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory
+    postgres_dsn: str,
+    redis_server: EmbeddedRedis,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[httpx.Client, httpx.Client]]:
     shared = {"postgres_dsn": postgres_dsn, "redis_url": redis_server.url}
     base: Path = tmp_path_factory.mktemp("replicas")
-    a = ServiceProcess(**shared, data_dir=base / "a", replica_id="a", log_level="warning")
-    b = ServiceProcess(**shared, data_dir=base / "b", replica_id="b", log_level="warning")
-    with a, b, httpx.Client(base_url=a.url, headers=DEADLINE) as ca:
-        with httpx.Client(base_url=b.url, headers=DEADLINE) as cb:
-            yield ca, cb
+    a = ServiceProcess(
+        **shared, data_dir=base / "a", replica_id="a", log_level="warning"
+    )
+    b = ServiceProcess(
+        **shared, data_dir=base / "b", replica_id="b", log_level="warning"
+    )
+    with (
+        a,
+        b,
+        httpx.Client(base_url=a.url, headers=DEADLINE) as ca,
+        httpx.Client(base_url=b.url, headers=DEADLINE) as cb,
+    ):
+        yield ca, cb
 
 
 def put(client: httpx.Client, namespace: str, seed: int) -> int:
@@ -43,7 +53,9 @@ def put(client: httpx.Client, namespace: str, seed: int) -> int:
 
 
 def read(client: httpx.Client, namespace: str) -> dict[str, object] | None:
-    body = client.post("/v1/lookup", json={"namespace": namespace, "keys": ["k"]}).json()
+    body = client.post(
+        "/v1/lookup", json={"namespace": namespace, "keys": ["k"]}
+    ).json()
     return body["items"][0] if body["items"] else None
 
 
@@ -100,7 +112,9 @@ def test_resident_search_on_the_other_replica_sees_new_memories(
     query = {"namespace": namespace, "query": "what is the sun", "k": 5}
     until(lambda: b.post("/v1/memories/search", json=query).json()["exact"])
 
-    added = a.post("/v1/memories", json={"namespace": namespace, "text": "the sun is hot"})
+    added = a.post(
+        "/v1/memories", json={"namespace": namespace, "text": "the sun is hot"}
+    )
 
     def found_on_b() -> bool:
         results = b.post("/v1/memories/search", json=query).json()["results"]

@@ -18,7 +18,8 @@ def test_defaults_load_without_any_variable() -> None:
 def test_variables_override_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TIERMEM_HBM_BYTES", "1048576")
     monkeypatch.setenv("TIERMEM_RESIDENT_DIMS", "384,768")
-    monkeypatch.setenv("TIERMEM_REDIS_NAMESPACE_TTL_S", '{"sessions": 60, "emb:*": 86400}')
+    ttls = '{"sessions": 60, "emb:*": 86400}'
+    monkeypatch.setenv("TIERMEM_REDIS_NAMESPACE_TTL_S", ttls)
 
     settings = load_settings()
 
