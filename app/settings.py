@@ -90,6 +90,12 @@ class Settings(BaseSettings):
     max_k: int = Field(100, ge=1, le=10_000)
     max_dim: int = Field(4096, ge=1, le=16_000)
 
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        # Embedded servers change directory; relative paths would drift.
+        return value.expanduser().resolve()
+
     @field_validator("resident_dims", mode="before")
     @classmethod
     def _split_ints(cls, value: object) -> object:

@@ -98,6 +98,9 @@ def start_redis(
     Raises EmbeddedServerError when it does not answer PING within timeout_s.
     """
     binary = redis_binary()
+    # The server changes into its working directory before opening its log,
+    # so a relative path would point somewhere else by then.
+    data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
 
     last_error = ""
