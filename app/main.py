@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from fastapi import FastAPI, Request, Response
 
 from app import errors, metrics
-from app.routes import embeddings, health, memories, tiers, vectors
+from app.routes import embeddings, health, memories, snowflake, tiers, vectors
 from app.runtime import running
 from app.settings import Settings, load_settings
 
@@ -33,7 +33,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.middleware("http")(app.state.metrics.middleware)
     app.middleware("http")(_request_id)
-    for module in (embeddings, vectors, memories, tiers, health, metrics):
+    for module in (embeddings, vectors, memories, snowflake, tiers, health, metrics):
         app.include_router(module.router)
     return app
 

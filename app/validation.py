@@ -23,18 +23,22 @@ def check_batch(field: str, size: int, settings: Settings) -> None:
 
 
 def check_texts(field: str, texts: Sequence[str], settings: Settings) -> None:
+    """A non-empty batch of texts, each within the limits."""
     check_batch(field, len(texts), settings)
     for i, text in enumerate(texts):
-        name = field if len(texts) == 1 and field.endswith("text") else f"{field}[{i}]"
-        if not text.strip():
-            raise BadInput(name, "must not be empty or only whitespace")
-        if len(text) > settings.max_text_chars:
-            raise BadInput(
-                name,
-                f"has {len(text)} characters; at most {settings.max_text_chars}"
-                " are allowed (TIERMEM_MAX_TEXT_CHARS)",
-                status_code=413,
-            )
+        check_text(f"{field}[{i}]", text, settings)
+
+
+def check_text(field: str, text: str, settings: Settings) -> None:
+    if not text.strip():
+        raise BadInput(field, "must not be empty or only whitespace")
+    if len(text) > settings.max_text_chars:
+        raise BadInput(
+            field,
+            f"has {len(text)} characters; at most {settings.max_text_chars}"
+            " are allowed (TIERMEM_MAX_TEXT_CHARS)",
+            status_code=413,
+        )
 
 
 def check_vector(field: str, values: Sequence[float], settings: Settings) -> np.ndarray:

@@ -11,7 +11,7 @@ from app.routes.encoding import encode_vector
 from app.schemas import EmbeddingsRequest
 from app.service import TiermemService
 from app.settings import Settings
-from app.validation import check_texts
+from app.validation import check_text, check_texts
 from memory_tiers.hierarchy import Deadline, Trace
 
 router = APIRouter(tags=["embeddings"])
@@ -24,8 +24,12 @@ async def create_embeddings(
     settings: Settings = Depends(deps.settings),
     deadline: Deadline = Depends(deps.deadline),
 ) -> FastJSONResponse:
-    texts = [body.input] if isinstance(body.input, str) else body.input
-    check_texts("input", texts, settings)
+    if isinstance(body.input, str):
+        check_text("input", body.input, settings)
+        texts = [body.input]
+    else:
+        check_texts("input", body.input, settings)
+        texts = body.input
     _check_model(body, settings, service.encoder.dim)
 
     trace = Trace()

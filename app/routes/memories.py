@@ -13,7 +13,7 @@ from app.responses import FastJSONResponse, trace_headers, traced
 from app.schemas import MemoryCreate, MemorySearch, Namespace
 from app.service import TiermemService
 from app.settings import Settings
-from app.validation import check_dim, check_k, check_texts, check_vector
+from app.validation import check_dim, check_k, check_text, check_vector
 from memory_tiers.base import Record
 from memory_tiers.hierarchy import Deadline, Trace
 
@@ -43,7 +43,7 @@ async def create_memory(
     settings: Settings = Depends(deps.settings),
     deadline: Deadline = Depends(deps.deadline),
 ) -> FastJSONResponse:
-    check_texts("text", [body.text], settings)
+    check_text("text", body.text, settings)
     check_dim(
         "text",
         service.encoder.dim,
@@ -97,7 +97,7 @@ async def search_memories(
 
     trace = Trace()
     if body.query is not None:
-        check_texts("query", [body.query], settings)
+        check_text("query", body.query, settings)
         query = (await service.embed([body.query], trace, deadline)).vectors[0]
     else:
         query = check_vector("vector", body.vector or [], settings)
