@@ -88,7 +88,8 @@ class NumpyKernels:
         vectors[np.asarray(rows, np.int64)] = values.astype(vectors.dtype, copy=False)
 
     def gather(self, vectors: np.ndarray, rows: np.ndarray, normalize: bool) -> F32:
-        out = vectors[np.asarray(rows, np.int64)].astype(np.float32, copy=True)
+        # Fancy indexing already copies; a second copy only for float16 storage.
+        out = vectors[np.asarray(rows, np.int64)].astype(np.float32, copy=False)
         if normalize:
             norms = np.linalg.norm(out, axis=1, keepdims=True)
             out /= np.where(norms > 0, norms, 1.0)
