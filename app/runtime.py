@@ -18,7 +18,7 @@ from app.inference.batcher import MicroBatcher
 from app.inference.encoder import Encoder, bundled_model_dir
 from app.service import TiermemService
 from app.settings import Settings
-from kernels import device_kernels, host_kernels
+from kernels import device_free_bytes, device_kernels, host_kernels
 from memory_tiers.admission import AdmitAll, SeenTwice
 from memory_tiers.base import Tier
 from memory_tiers.coherence import Coherence
@@ -36,13 +36,16 @@ from memory_tiers.write_behind import WriteBehind
 
 logger = logging.getLogger(__name__)
 
+# T0's budget where no GPU exists: the same slab then lives in host memory.
+CPU_HBM_BYTES = 256 * 2**20
+
 
 def resident_tiers(settings: Settings) -> list[ResidentTier]:
     """T0 on the device kernels with seen-twice admission, T1 on the host."""
     hbm = ResidentTier(
         "hbm",
         device_kernels(),
-        settings.hbm_bytes,
+        hbm_budget(settings),
         settings.resident_dims,
         SeenTwice(settings.admission_window_s),
         settings.hbm_pinned_namespaces,
@@ -51,6 +54,18 @@ def resident_tiers(settings: Settings) -> list[ResidentTier]:
         "host", host_kernels(), settings.host_bytes, settings.resident_dims, AdmitAll()
     )
     return [hbm, host]
+
+
+def hbm_budget(settings: Settings) -> int:
+    """T0's bytes: as set, else a fraction of the GPU's free memory now."""
+    if settings.hbm_bytes is not None:
+        return settings.hbm_bytes
+    free = device_free_bytes()
+    if free is None:
+        return CPU_HBM_BYTES
+    budget = int(free * settings.hbm_fraction)
+    logger.info("T0 takes %d of %d free GPU bytes", budget, free)
+    return budget
 
 
 @contextlib.asynccontextmanager

@@ -27,7 +27,9 @@ class Settings(BaseSettings):
     log_level: str = "info"
 
     # Resident tiers. Budgets are bytes of array memory, allocated once at start.
-    hbm_bytes: int = Field(256 * 2**20, ge=0)
+    # Unset: hbm_fraction of the GPU's free memory at start (256 MiB without one).
+    hbm_bytes: int | None = Field(None, ge=0)
+    hbm_fraction: float = Field(0.5, gt=0, le=0.95)
     host_bytes: int = Field(1024 * 2**20, ge=0)
     resident_dims: Annotated[list[int], NoDecode] = [384]
     admission_window_s: float = Field(300.0, gt=0)

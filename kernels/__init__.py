@@ -12,15 +12,35 @@ from functools import cache
 from kernels.api import Index, Kernels
 from kernels.numpy_backend import NumpyKernels
 
-__all__ = ["Index", "Kernels", "device_kernels", "host_kernels"]
+__all__ = ["Index", "Kernels", "device_free_bytes", "device_kernels", "host_kernels"]
 
 logger = logging.getLogger(__name__)
 
 
 @cache
 def host_kernels() -> Kernels:
-    """Kernels over host memory (the T1 tier, and T0 without a GPU)."""
+    """Kernels over host memory: T1, and T0 without a GPU.
+
+    Where the GPU reads host memory coherently (a GH200), the rows live in
+    pinned host memory and the GPU kernels search them in place; elsewhere
+    NumPy does the work.
+    """
+    if device_kernels().on_gpu:
+        from kernels.cupy_backend import PinnedHostKernels, host_memory_is_coherent
+
+        if host_memory_is_coherent():
+            logger.info("T1 in pinned host memory, searched by the GPU in place")
+            return PinnedHostKernels()
     return NumpyKernels()
+
+
+def device_free_bytes() -> int | None:
+    """Free memory of the CUDA device in bytes; None without a usable one."""
+    if not device_kernels().on_gpu:
+        return None
+    from kernels.cupy_backend import memory_info
+
+    return memory_info()[0]
 
 
 @cache
@@ -30,8 +50,8 @@ def device_kernels() -> Kernels:
         from kernels.cupy_backend import CupyKernels, gpu_available
     except ImportError as exc:
         logger.warning("no CuPy (%s): T0 runs on NumPy in host memory", exc)
-        return host_kernels()
+        return NumpyKernels()
     if not gpu_available():
         logger.warning("no CUDA device: T0 runs on NumPy in host memory")
-        return host_kernels()
+        return NumpyKernels()
     return CupyKernels()

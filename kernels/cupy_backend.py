@@ -352,3 +352,38 @@ class CupyKernels:
         scores[:, ~cupy.asarray(eligible[:n_rows], bool)] = -np.inf
         top_scores, top_rows = _topk_rows(scores.get(), k)
         return cupy.asarray(top_scores), cupy.asarray(top_rows)
+
+
+def memory_info() -> tuple[int, int]:
+    """(free, total) bytes of the current CUDA device."""
+    free, total = cupy.cuda.runtime.memGetInfo()
+    return int(free), int(total)
+
+
+def host_memory_is_coherent() -> bool:
+    """True where the GPU reads host memory through the CPU's page tables at
+    memory speed (GH200's NVLink-C2C), not over PCIe."""
+    attributes = cupy.cuda.Device().attributes
+    return bool(attributes.get("PageableMemoryAccessUsesHostPageTables", 0))
+
+
+class PinnedHostKernels(CupyKernels):
+    """The same kernels over arrays in pinned host memory.
+
+    Pinned memory is mapped into the GPU's address space (unified addressing
+    gives it one pointer on both sides), so the kernels read the rows where
+    they lie: on a GH200 over NVLink-C2C, with no copy into device memory
+    first. This is T1 on such a machine; exact search runs over it directly.
+    """
+
+    name = "cupy-pinned-host"
+
+    def zeros(self, shape: tuple[int, ...], dtype: npt.DTypeLike) -> Any:
+        kind = np.dtype(dtype)
+        nbytes = max(1, int(np.prod(shape)) * kind.itemsize)
+        pinned = cupy.cuda.alloc_pinned_memory(nbytes)
+        # The pinned block owns the memory; the device view keeps it alive.
+        memory = cupy.cuda.UnownedMemory(pinned.ptr, nbytes, pinned)
+        array = cupy.ndarray(shape, kind, cupy.cuda.MemoryPointer(memory, 0))
+        array.fill(0)
+        return array

@@ -20,7 +20,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from kernels import Kernels, host_kernels
+from kernels import Kernels
+from kernels.numpy_backend import NumpyKernels
 from memory_tiers.base import Record, RecordKey, key_hash
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,8 @@ ROW_FLAG_BYTES = 2  # CLOCK bit + evictable flag
 MAX_QUERIES = 256
 MAX_K = 100
 EMPTY_VECTOR = np.zeros(0, np.float32)
+# The CLOCK bits live in host memory whatever the slab's backend.
+_CLOCK = NumpyKernels()
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,7 +213,7 @@ class VectorSlab:
         rows = [self.free.pop() for _ in range(min(count, len(self.free)))]
         if len(rows) == count:
             return rows, []
-        victims, self.hand = host_kernels().clock_evict(
+        victims, self.hand = _CLOCK.clock_evict(
             self.ref_bits, self.evictable, self.hand, count - len(rows)
         )
         victim_rows = [int(v) for v in victims]

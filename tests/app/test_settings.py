@@ -13,6 +13,7 @@ def test_defaults_load_without_any_variable() -> None:
 
     assert settings.port == 8000
     assert settings.deadline_ms == 50.0
+    assert settings.hbm_bytes is None  # a fraction of the GPU's free memory
 
 
 def test_variables_override_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -46,6 +47,13 @@ def test_a_bad_variable_is_named_with_its_value(
 
     assert variable in str(raised.value)
     assert repr(value) in str(raised.value)
+
+
+def test_without_a_gpu_t0_gets_the_cpu_default_budget() -> None:
+    from app.runtime import CPU_HBM_BYTES, hbm_budget
+
+    assert hbm_budget(load_settings()) == CPU_HBM_BYTES
+    assert hbm_budget(load_settings(hbm_bytes=12345)) == 12345
 
 
 def test_check_config_exits_2_on_a_bad_variable(

@@ -38,11 +38,25 @@ pytestmark = [
 ref = NumpyKernels()
 
 
-@pytest.fixture(scope="module")
-def gpu() -> Any:
-    from kernels.cupy_backend import CupyKernels
+@pytest.fixture(scope="module", params=["device-memory", "pinned-host-memory"])
+def gpu(request: pytest.FixtureRequest) -> Any:
+    """Both GPU backends: rows in device memory (T0) and in pinned host memory
+    read in place by the GPU (T1 on a GH200)."""
+    from kernels.cupy_backend import CupyKernels, PinnedHostKernels
 
-    return CupyKernels()
+    return CupyKernels() if request.param == "device-memory" else PinnedHostKernels()
+
+
+def test_pinned_host_arrays_live_in_host_memory() -> None:
+    import cupy
+
+    from kernels.cupy_backend import PinnedHostKernels
+
+    rows = PinnedHostKernels().zeros((1000, 384), np.float16)
+    where = cupy.cuda.runtime.pointerGetAttributes(rows.data.ptr)
+
+    assert where.type == cupy.cuda.runtime.memoryTypeHost
+    assert float(rows.sum()) == 0.0
 
 
 def stored(values: np.ndarray) -> np.ndarray:
