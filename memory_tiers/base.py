@@ -76,6 +76,16 @@ def key_hash(ref: RecordKey) -> int:
     return value if value > 1 else value + 2
 
 
+def newest_per_ref(records: Sequence[Record]) -> list[Record]:
+    """One record per ref: the highest version, the last given on a tie."""
+    newest: dict[RecordKey, Record] = {}
+    for record in records:
+        held = newest.get(record.ref)
+        if held is None or record.version >= held.version:
+            newest[record.ref] = record
+    return list(newest.values())
+
+
 @dataclass(slots=True)
 class TierStats:
     """What a tier reports about itself; the hierarchy adds hits and latency."""

@@ -9,6 +9,7 @@ rows it asks for.
 
 from __future__ import annotations
 
+import logging
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ import numpy.typing as npt
 import orjson
 
 from memory_tiers.base import Record, RecordKey
+
+logger = logging.getLogger(__name__)
 
 VectorDtype = Literal["float32", "float16"]
 # What decoders accept: bytes, or a view of an object store's buffer.
@@ -60,6 +63,23 @@ def encode_record(record: Record, dtype: VectorDtype = "float32") -> bytes:
         FORMAT_RECORD, record.version, flags, code, vector.shape[0]
     )
     return b"".join((header, vector.tobytes(), _encode_extra(record)))
+
+
+def decode_or_miss(ref: RecordKey, data: Buffer | None, source: str) -> Record | None:
+    """The record in `data`, or None (a miss) when absent or unreadable.
+
+    A cache's foreign or corrupt value is logged and read as a miss: the
+    system of record still holds the record.
+    """
+    if data is None:
+        return None
+    try:
+        return decode_record(ref[0], ref[1], data)
+    except CodecError as exc:
+        logger.warning(
+            "%s value of %s unreadable, read as a miss: %s", source, ref, exc
+        )
+        return None
 
 
 def decode_record(namespace: str, key: str, data: Buffer) -> Record:

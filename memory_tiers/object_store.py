@@ -35,7 +35,7 @@ from memory_tiers.codec import (
     BulkTable,
     CodecError,
     VectorDtype,
-    decode_record,
+    decode_or_miss,
     encode_bulk,
     encode_record,
 )
@@ -359,14 +359,7 @@ class ObjectTier(Tier):
             logger.info("object tables of %r: %s loaded", namespace, len(new))
 
     async def _get_record(self, ref: RecordKey) -> Record | None:
-        raw = await self._get(record_path(ref))
-        if raw is None:
-            return None
-        try:
-            return decode_record(ref[0], ref[1], raw)
-        except CodecError as exc:
-            logger.warning("archived %s unreadable, treated as a miss: %s", ref, exc)
-            return None
+        return decode_or_miss(ref, await self._get(record_path(ref)), "archived")
 
     async def _get(self, path: str) -> memoryview | None:
         async with self._slots:

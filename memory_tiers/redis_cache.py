@@ -19,7 +19,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 
 from memory_tiers.base import Record, RecordKey, Tier, TierError, TierStats
-from memory_tiers.codec import CodecError, VectorDtype, decode_record, encode_record
+from memory_tiers.codec import VectorDtype, decode_or_miss, encode_record
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ class RedisTier(Tier):
         values = [value for chunk in chunks for value in chunk]
         found: dict[RecordKey, Record] = {}
         for ref, value in zip(unique, values, strict=True):
-            record = _decode(ref, value)
+            record = decode_or_miss(ref, value, "redis")
             if record is not None:
                 found[ref] = record
         logger.debug("redis get_many: %s refs, %s hits", len(unique), len(found))
@@ -357,17 +357,6 @@ async def _await_confirmation(pubsub: PubSub, timeout_s: float = 5.0) -> None:
     message = await pubsub.get_message(timeout=timeout_s)
     if message is None or message.get("type") != "subscribe":
         raise TierError("redis", f"no subscribe confirmation: {message!r}")
-
-
-def _decode(ref: RecordKey, value: bytes | None) -> Record | None:
-    if value is None:
-        return None
-    try:
-        return decode_record(ref[0], ref[1], value)
-    except CodecError as exc:
-        # A foreign or corrupt value is a miss: T3 still holds the record.
-        logger.warning("redis value of %s unreadable: %s", ref, exc)
-        return None
 
 
 def _raise_first_error(results: list[Any]) -> None:

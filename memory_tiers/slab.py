@@ -22,7 +22,7 @@ import numpy as np
 
 from kernels import Kernels
 from kernels.numpy_backend import NumpyKernels
-from memory_tiers.base import Record, RecordKey, key_hash
+from memory_tiers.base import Record, RecordKey, key_hash, newest_per_ref
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ class VectorSlab:
         A record older than the held version is ignored, so a late promotion
         never overwrites a newer write. Refs that find no room are declined.
         """
-        records = _last_per_ref(records)
+        records = newest_per_ref(records)
         held = self.versions([r.ref for r in records])
         fresh = [r for r in records if r.ref not in held or held[r.ref] <= r.version]
         updates = [r for r in fresh if r.ref in held]
@@ -302,16 +302,6 @@ class VectorSlab:
         # TODO: ids of namespaces that left the slab are never reused; a service
         # that churns through millions of namespaces grows this dict unbounded.
         return self.ns_ids.setdefault(namespace, len(self.ns_ids))
-
-
-def _last_per_ref(records: Sequence[Record]) -> list[Record]:
-    """One record per ref: the highest version, the last written on a tie."""
-    best: dict[RecordKey, Record] = {}
-    for record in records:
-        held = best.get(record.ref)
-        if held is None or record.version >= held.version:
-            best[record.ref] = record
-    return list(best.values())
 
 
 def _held(record: Record | None) -> Record:

@@ -21,7 +21,14 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 import orjson
 
-from memory_tiers.base import Record, RecordKey, Tier, TierError, TierStats
+from memory_tiers.base import (
+    Record,
+    RecordKey,
+    Tier,
+    TierError,
+    TierStats,
+    newest_per_ref,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -334,7 +341,8 @@ class WarehouseTier(Tier):
         return found
 
     async def put_many(self, records: Sequence[Record]) -> None:
-        latest = _latest(records)
+        # MERGE rejects a ref repeated in one batch.
+        latest = newest_per_ref(records)
         if latest:
             await self._run("put_many", self._upsert_all, latest)
 
@@ -526,16 +534,6 @@ def _group(refs: Sequence[RecordKey]) -> dict[str, list[str]]:
     for namespace, key in dict.fromkeys(refs):
         by_namespace.setdefault(namespace, []).append(key)
     return by_namespace
-
-
-def _latest(records: Sequence[Record]) -> list[Record]:
-    """One record per ref, the highest version: MERGE rejects a repeated ref."""
-    latest: dict[RecordKey, Record] = {}
-    for record in records:
-        held = latest.get(record.ref)
-        if held is None or record.version >= held.version:
-            latest[record.ref] = record
-    return list(latest.values())
 
 
 def _chunks(items: list[T], size: int) -> Iterator[list[T]]:

@@ -9,7 +9,8 @@ from fastapi.responses import Response
 
 from app import deps
 from app.errors import BadInput
-from app.responses import FastJSONResponse, trace_headers, traced
+from app.responses import FastJSONResponse, traced
+from app.routes.vectors import delete_record
 from app.schemas import MemoryCreate, MemorySearch, Namespace
 from app.service import TiermemService
 from app.settings import Settings
@@ -78,10 +79,7 @@ async def delete_memory(
     namespace: Namespace = Query("default"),
     service: TiermemService = Depends(deps.service),
 ) -> Response:
-    trace = Trace()
-    if not await service.delete(namespace, memory_id, trace):
-        raise BadInput("id", f"no memory {memory_id!r} in namespace {namespace!r}", 404)
-    return Response(status_code=204, headers=trace_headers(trace))
+    return await delete_record(service, namespace, memory_id, field="id")
 
 
 @router.post("/v1/memories/search")

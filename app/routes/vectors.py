@@ -93,7 +93,14 @@ async def delete_vector(
     namespace: Namespace = Query("default"),
     service: TiermemService = Depends(deps.service),
 ) -> Response:
+    return await delete_record(service, namespace, key, field="key")
+
+
+async def delete_record(
+    service: TiermemService, namespace: str, key: str, field: str
+) -> Response:
+    """204 once the tombstone is committed; 404 naming `field` if absent."""
     trace = Trace()
     if not await service.delete(namespace, key, trace):
-        raise BadInput("key", f"{key!r} does not exist in namespace {namespace!r}", 404)
+        raise BadInput(field, f"{key!r} does not exist in namespace {namespace!r}", 404)
     return Response(status_code=204, headers=trace_headers(trace))
