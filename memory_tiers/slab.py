@@ -56,6 +56,10 @@ def plan_pools(dim: int, itemsize: int, budget_bytes: int) -> PoolPlan:
     The index is a power-of-two table with at least two slots per row, so try
     each table size and keep the one that buys the most rows.
     """
+    # TODO: the workspace is reserved out of the budget but not handed to the
+    # kernels: their per-call temporaries (queries, per-block candidates) come
+    # from CuPy's allocator, so a search may briefly hold more device memory
+    # than the reservation when its batch has many blocks.
     workspace = MAX_QUERIES * (dim * 4 + MAX_K * 8)
     row_bytes = dim * itemsize + ROW_FLAG_BYTES
     best = PoolPlan(0, 1, 0, INDEX_SLOT_BYTES, 0)
