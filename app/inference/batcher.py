@@ -1,8 +1,11 @@
 """Dynamic micro-batching: concurrent requests share one forward pass.
 
-The first waiting request opens a batch; the batch closes when it holds
-max_batch texts or max_wait_ms has passed, whichever comes first. Texts are
-sorted by length inside a batch so padding stays small.
+The first waiting request opens a batch and takes every request already
+queued. If the last batch served a single request, nobody else is around and
+the batch runs at once; otherwise it also waits for more, until it holds
+max_batch texts or max_wait_ms has passed. So a lone request pays no wait,
+and a busy service fills its batches. Texts are sorted by length inside a
+batch so padding stays small.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ class MicroBatcher:
         self._worker: asyncio.Task[None] | None = None
         self.batches = 0
         self.texts = 0
+        self._last_jobs = 0
 
     def start(self) -> None:
         self._worker = asyncio.create_task(self._run(), name="micro-batcher")
@@ -71,18 +75,26 @@ class MicroBatcher:
     async def _collect(self) -> list[_Job]:
         jobs = [await self._queue.get()]
         size = len(jobs[0].texts)
+        while size < self.max_batch and not self._queue.empty():
+            jobs.append(self._queue.get_nowait())
+            size += len(jobs[-1].texts)
+        if self._last_jobs > 1 or len(jobs) > 1:
+            await self._wait_for_more(jobs, size)
+        self._last_jobs = len(jobs)
+        return jobs
+
+    async def _wait_for_more(self, jobs: list[_Job], size: int) -> None:
         deadline = asyncio.get_running_loop().time() + self.max_wait_s
         while size < self.max_batch:
             timeout = deadline - asyncio.get_running_loop().time()
             if timeout <= 0:
-                break
+                return
             try:
                 job = await asyncio.wait_for(self._queue.get(), timeout)
             except TimeoutError:
-                break
+                return
             jobs.append(job)
             size += len(job.texts)
-        return jobs
 
     async def _serve(self, jobs: list[_Job]) -> None:
         texts = [text for job in jobs for text in job.texts]
