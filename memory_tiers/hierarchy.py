@@ -68,12 +68,17 @@ class TierHealth:
         self.errors = 0
         self.healthy = True
         self.last_error: str | None = None
-        self.latency_ms: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+        # Reads and writes apart: a bulk write's latency says nothing about
+        # whether a read fits a request's remaining budget.
+        self.read_ms: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+        self.write_ms: deque[float] = deque(maxlen=LATENCY_SAMPLES)
 
-    def percentile(self, q: float) -> float | None:
-        if not self.latency_ms:
+    def percentile(self, q: float, writes: bool = False) -> float | None:
+        """The q-th percentile of recent read (or write) latencies, in ms."""
+        samples = self.write_ms if writes else self.read_ms
+        if not samples:
             return None
-        return float(np.percentile(np.fromiter(self.latency_ms, float), q))
+        return float(np.percentile(np.fromiter(samples, float), q))
 
 
 @dataclass
@@ -152,7 +157,7 @@ class TierHierarchy:
     async def _ask_tier(
         self, tier: Tier, refs: list[RecordKey], trace: Trace
     ) -> dict[RecordKey, Record]:
-        hits = await self._ask(tier, trace, tier.get_many(refs), default={})
+        hits = await self._ask(tier, trace, tier.get_many(refs), {}, read=True)
         self._count(tier, len(hits), len(refs) - len(hits))
         return hits
 
@@ -264,7 +269,14 @@ class TierHierarchy:
 
     # -- bookkeeping --------------------------------------------------------
 
-    async def _ask(self, tier: Tier, trace: Trace, call: Awaitable[T], default: T) -> T:
+    async def _ask(
+        self,
+        tier: Tier,
+        trace: Trace,
+        call: Awaitable[T],
+        default: T,
+        read: bool = False,
+    ) -> T:
         """Run one tier call, timing it; a cache tier's failure yields default."""
         health = self.health[tier.name]
         started = time.perf_counter()
@@ -280,7 +292,7 @@ class TierHierarchy:
             return default
         finally:
             elapsed_ms = (time.perf_counter() - started) * 1000.0
-            health.latency_ms.append(elapsed_ms)
+            (health.read_ms if read else health.write_ms).append(elapsed_ms)
             trace.add_time(tier.name, elapsed_ms)
         health.healthy = True
         return result
@@ -315,6 +327,8 @@ class TierHierarchy:
                     "errors": health.errors,
                     "p50_ms": health.percentile(50),
                     "p99_ms": health.percentile(99),
+                    "write_p50_ms": health.percentile(50, writes=True),
+                    "write_p99_ms": health.percentile(99, writes=True),
                     "detail": stats.detail,
                 }
             )

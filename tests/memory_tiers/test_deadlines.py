@@ -9,9 +9,11 @@ import pytest
 
 from kernels import host_kernels
 from memory_tiers.admission import AdmitAll
+from memory_tiers.embedded_servers import EmbeddedRedis
 from memory_tiers.hierarchy import Deadline, TierHierarchy, Trace
 from memory_tiers.object_store import ObjectTier
 from memory_tiers.pgvector_store import PgvectorTier
+from memory_tiers.redis_cache import RedisTier
 from memory_tiers.resident import ResidentTier
 from memory_tiers.warehouse import WarehouseTier
 from tests.memory_tiers.records import record
@@ -84,3 +86,25 @@ async def test_keys_in_the_system_of_record_never_wait_on_slow_tiers(
 
     assert result.tiers == {ref: "pgvector"}
     assert result.pending == []
+
+
+async def test_a_cache_tier_slower_than_the_budget_is_skipped(
+    store: PgvectorTier, redis_server: EmbeddedRedis, namespace: str
+) -> None:
+    redis = RedisTier(redis_server.url)
+    hierarchy = TierHierarchy([redis, store], store)
+    committed = await store.commit([record(namespace, "a")])
+    await redis.put_many(committed)
+    ref = (namespace, "a")
+    # Its recent reads took 100 ms; a bulk write's time does not count.
+    hierarchy.health["redis"].read_ms.extend([100.0] * 20)
+    hierarchy.health["pgvector"].write_ms.extend([5_000.0] * 20)
+
+    skipped = await hierarchy.get_many([ref], Trace(), Deadline(50))
+    asked_while_slow = hierarchy.health["redis"].hits + hierarchy.health["redis"].misses
+    patient = await hierarchy.get_many([ref], Trace(), Deadline(30_000))
+    await redis.close()
+
+    assert skipped.tiers == {ref: "pgvector"}
+    assert asked_while_slow == 0
+    assert patient.tiers == {ref: "redis"}
