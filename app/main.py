@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from fastapi import FastAPI, Request, Response
 
 from app import errors, metrics
+from app.mcp_server import build_mcp, mcp_app
 from app.routes import embeddings, health, memories, snowflake, tiers, vectors
 from app.runtime import running
 from app.settings import Settings, load_settings
@@ -23,11 +24,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with running(conf) as service:
+        async with running(conf) as service, mcp.session_manager.run():
             app.state.service = service
             yield
 
     app = FastAPI(title="tiermem", version="0.1.0", lifespan=lifespan)
+    mcp = build_mcp(app, conf)
     app.state.settings = conf
     app.state.metrics = metrics.Metrics()
     errors.install(app)
@@ -35,6 +37,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.middleware("http")(_request_id)
     for module in (embeddings, vectors, memories, snowflake, tiers, health, metrics):
         app.include_router(module.router)
+    # Last: the MCP app answers /mcp and nothing else; mounted at the root so
+    # that its one route keeps its exact path.
+    app.mount("/", mcp_app(mcp, conf))
     return app
 
 

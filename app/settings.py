@@ -79,6 +79,14 @@ class Settings(BaseSettings):
     snapshot_on_stop: bool = True
     warm_on_start: bool = True
 
+    # Host headers the MCP endpoint answers (host:port, "*" for any port); the
+    # MCP SDK refuses others, a guard against DNS rebinding.
+    mcp_allowed_hosts: Annotated[list[str], NoDecode] = [
+        "127.0.0.1:*",
+        "localhost:*",
+        "[::1]:*",
+    ]
+
     # Inference.
     model_name: str = "all-MiniLM-L6-v2"
     max_batch_size: int = Field(64, ge=1, le=4096)
@@ -105,7 +113,7 @@ class Settings(BaseSettings):
             return [int(part) for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("hbm_pinned_namespaces", mode="before")
+    @field_validator("hbm_pinned_namespaces", "mcp_allowed_hosts", mode="before")
     @classmethod
     def _split_names(cls, value: object) -> object:
         if isinstance(value, str):
