@@ -232,13 +232,17 @@ class TiermemService:
         task.add_done_callback(self._background.discard)
 
     async def _load(self, namespace: str) -> None:
-        """Make a namespace resident, so that its next searches are exact."""
+        """Make a namespace resident, so that its next searches are exact.
+
+        A load that raced a write (here, or announced by another replica) is
+        dropped: it may hold a record the write replaced or deleted.
+        """
         try:
-            writes_before = self._writes.get(namespace, 0)
+            before = self._changes(namespace)
             records = await self.hierarchy.store.load_namespace(
                 namespace, self.resident_max_rows
             )
-            if records is None or self._writes.get(namespace, 0) != writes_before:
+            if records is None or self._changes(namespace) != before:
                 return
             # The fastest tier that can hold it whole; host memory is the fallback.
             for tier in self.resident:
@@ -248,6 +252,10 @@ class TiermemService:
             logger.exception("loading namespace %s into memory failed", namespace)
         finally:
             self._loading.discard(namespace)
+
+    def _changes(self, namespace: str) -> tuple[int, ...]:
+        local = self._writes.get(namespace, 0)
+        return (local, *(tier.releases(namespace) for tier in self.resident))
 
     async def settle(self) -> None:
         """Wait for background loads and fills (tests and shutdown)."""

@@ -59,6 +59,7 @@ class ResidentTier(Tier):
         self.non_unit: set[str] = set()
         self.admitted = 0
         self.rejected = 0
+        self._releases: dict[str, int] = {}
         for dim, slab in self.slabs.items():
             logger.info(
                 "%s: dim %d holds %d rows in %d bytes on %s",
@@ -164,6 +165,12 @@ class ResidentTier(Tier):
     def release_namespace(self, namespace: str) -> None:
         """Stop treating a namespace as whole (a change arrived from elsewhere)."""
         self.resident.discard(namespace)
+        self._releases[namespace] = self._releases.get(namespace, 0) + 1
+
+    def releases(self, namespace: str) -> int:
+        """How often the namespace was released: a load that read the store
+        before a release must not make the namespace resident after it."""
+        return self._releases.get(namespace, 0)
 
     def can_search(self, namespace: str) -> bool:
         return namespace in self.resident and namespace not in self.non_unit

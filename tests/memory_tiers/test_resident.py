@@ -133,3 +133,14 @@ async def test_stats_report_pools_within_the_budget() -> None:
     total = pools["vectors_bytes"] + pools["index_bytes"] + pools["workspace_bytes"]
     assert total <= 2 * MiB
     assert stats.capacity_bytes == 2 * MiB
+
+
+async def test_a_release_is_counted_so_a_racing_load_can_tell() -> None:
+    tier = ResidentTier("host", host_kernels(), 4 * MiB, [8], AdmitAll())
+    assert tier.hold_namespace("docs", [record("docs", "a")])
+    before = tier.releases("docs")
+
+    tier.release_namespace("docs")
+
+    assert tier.releases("docs") == before + 1
+    assert not tier.can_search("docs")
