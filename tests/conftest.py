@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
@@ -110,6 +111,33 @@ def postgres_dsn() -> Iterator[str]:
         server = EmbeddedPostgres(Path(base))
         yield server.dsn
         server.stop()
+
+
+@pytest.fixture
+def private_dsn(postgres_dsn: str) -> Iterator[str]:
+    """A database of this test's own on the session's server.
+
+    For tests that must be the only reader of the outbox: the session's
+    running service exports from the shared database's outbox as well.
+    """
+    import asyncio
+
+    import asyncpg
+
+    name = "t" + uuid.uuid4().hex[:16]
+    parts = urlsplit(postgres_dsn)
+    dsn = urlunsplit(parts._replace(path=f"/{name}"))
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(postgres_dsn)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    yield dsn
+    asyncio.run(admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture

@@ -32,8 +32,10 @@ async def test_commit_assigns_growing_versions_and_reads_back(
 
 
 async def test_each_commit_appends_outbox_rows(
-    store: PgvectorTier, namespace: str
+    private_dsn: str, namespace: str
 ) -> None:
+    # A database of its own: a running service's exporter drains the shared one.
+    store = await PgvectorTier.connect(private_dsn, max_size=1)
     committed = await store.commit([record(namespace, "a"), record(namespace, "b")])
 
     async with store.pool.acquire() as conn:
@@ -41,6 +43,7 @@ async def test_each_commit_appends_outbox_rows(
             "SELECT key, version FROM tiermem_outbox WHERE namespace = $1 ORDER BY id",
             namespace,
         )
+    await store.close()
     assert [(r["key"], r["version"]) for r in rows] == [
         (c.key, c.version) for c in committed
     ]
