@@ -59,7 +59,7 @@ def read(client: httpx.Client, namespace: str) -> dict[str, object] | None:
     return body["items"][0] if body["items"] else None
 
 
-def until(predicate: object, timeout_s: float = 5.0) -> float:
+def until(predicate: object, timeout_s: float = 20.0) -> float:
     """Seconds until predicate() held; fails after timeout_s."""
     started = time.monotonic()
     while not predicate():  # type: ignore[operator]

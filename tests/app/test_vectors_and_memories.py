@@ -91,7 +91,7 @@ def test_search_turns_exact_once_the_namespace_is_resident(
 
     first = client.post("/v1/memories/search", json=query).json()
     exact = first
-    for _ in range(50):  # the namespace loads into memory in the background
+    for _ in range(400):  # the namespace loads into memory in the background
         exact = client.post("/v1/memories/search", json=query).json()
         if exact["exact"]:
             break
