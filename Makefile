@@ -43,7 +43,7 @@ test: lint
 check: test
 
 bench: $(VENV)/.installed-test
-	$(BIN)/python -m benchmarks.latency
+	$(BIN)/tiermem bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

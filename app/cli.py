@@ -1,4 +1,4 @@
-"""The `tiermem` command: serve, check-config (more subcommands build on these)."""
+"""The `tiermem` command: serve, check-config, bench."""
 
 from __future__ import annotations
 
@@ -16,7 +16,19 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", help="overrides TIERMEM_HOST")
     serve.add_argument("--port", type=int, help="overrides TIERMEM_PORT")
     sub.add_parser("check-config", help="validate TIERMEM_* settings and print them")
-    args = parser.parse_args(argv)
+    # The benchmark parses its own options, --help included.
+    sub.add_parser(
+        "bench",
+        help="HTTP latency against the 50 ms target (--help for options)",
+        add_help=False,
+    )
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "bench":
+        from benchmarks.latency import main as bench
+
+        return bench(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
 
     try:
         settings = load_settings()

@@ -195,15 +195,15 @@ def print_table(report: dict[str, Any]) -> None:
         )
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tiermem bench", description=__doc__)
     parser.add_argument("--url", help="a running service; default: start one")
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--rows", type=int, default=10_000)
     parser.add_argument(
         "--out", type=Path, default=Path("benchmarks/results/latency.json")
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     if args.url:
         report = run(args.url, args.requests, args.rows)

@@ -69,3 +69,11 @@ def test_the_postgres_dsn_is_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TIERMEM_POSTGRES_DSN", "postgresql://u:hunter2@db/x")
 
     assert "hunter2" not in repr(load_settings())
+
+
+def test_bench_takes_its_own_options(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["bench", "--help"])
+
+    assert exited.value.code == 0
+    assert "--requests" in capsys.readouterr().out
