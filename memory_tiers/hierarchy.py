@@ -9,6 +9,7 @@ commits; cache tiers are updated afterwards and may fail without losing data.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections import Counter, deque
@@ -25,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 LATENCY_SAMPLES = 1024
+BREAKER_BASE_S = 0.5
+BREAKER_MAX_S = 30.0
 
 
 @dataclass
@@ -60,18 +63,44 @@ class Trace:
 
 
 class TierHealth:
-    """Counters and a latency window kept by the hierarchy for one tier."""
+    """Counters, a latency window and a circuit breaker for one tier.
+
+    After a failure the tier is left alone for a while (0.5 s, doubling with
+    each failure in a row, at most 30 s); the first call after that is the
+    probe that closes the breaker again. A dead cache then costs requests
+    nothing, where asking it each time could cost a socket timeout each.
+    """
 
     def __init__(self) -> None:
         self.hits = 0
         self.misses = 0
         self.errors = 0
+        self.skipped = 0
         self.healthy = True
         self.last_error: str | None = None
+        self.failures_in_row = 0
+        self.open_until = 0.0
         # Reads and writes apart: a bulk write's latency says nothing about
         # whether a read fits a request's remaining budget.
         self.read_ms: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self.write_ms: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+
+    def is_open(self) -> bool:
+        """True while the breaker keeps calls away from a failing tier."""
+        return time.monotonic() < self.open_until
+
+    def failed(self, error: str) -> None:
+        self.errors += 1
+        self.healthy = False
+        self.last_error = error
+        self.failures_in_row += 1
+        pause_s = min(BREAKER_MAX_S, BREAKER_BASE_S * 2 ** (self.failures_in_row - 1))
+        self.open_until = time.monotonic() + pause_s
+
+    def succeeded(self) -> None:
+        self.healthy = True
+        self.failures_in_row = 0
+        self.open_until = 0.0
 
     def percentile(self, q: float, writes: bool = False) -> float | None:
         """The q-th percentile of recent read (or write) latencies, in ms."""
@@ -277,15 +306,21 @@ class TierHierarchy:
         default: T,
         read: bool = False,
     ) -> T:
-        """Run one tier call, timing it; a cache tier's failure yields default."""
+        """Run one tier call, timing it; a cache tier's failure yields default.
+
+        While a cache tier's breaker is open the call is not made at all.
+        """
         health = self.health[tier.name]
+        if not tier.authoritative and health.is_open():
+            if inspect.iscoroutine(call):
+                call.close()
+            health.skipped += 1
+            return default
         started = time.perf_counter()
         try:
             result = await call
         except TierError as exc:
-            health.errors += 1
-            health.healthy = False
-            health.last_error = str(exc)
+            health.failed(str(exc))
             if tier.authoritative:
                 raise
             logger.warning("tier %s failed, serving around it: %s", tier.name, exc)
@@ -294,7 +329,7 @@ class TierHierarchy:
             elapsed_ms = (time.perf_counter() - started) * 1000.0
             (health.read_ms if read else health.write_ms).append(elapsed_ms)
             trace.add_time(tier.name, elapsed_ms)
-        health.healthy = True
+        health.succeeded()
         return result
 
     def _count(self, tier: Tier, hits: int, misses: int) -> None:
@@ -325,6 +360,7 @@ class TierHierarchy:
                     "hits": health.hits,
                     "misses": health.misses,
                     "errors": health.errors,
+                    "skipped_while_failing": health.skipped,
                     "p50_ms": health.percentile(50),
                     "p99_ms": health.percentile(99),
                     "write_p50_ms": health.percentile(50, writes=True),

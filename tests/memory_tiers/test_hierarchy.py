@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 
 import pytest
@@ -116,7 +117,8 @@ async def test_a_failing_cache_tier_costs_speed_not_correctness(
     assert result.tiers[(namespace, "a")] == "pgvector"
     stats = {s["name"]: s for s in await hierarchy.stats()}
     assert stats["host"]["healthy"] is False
-    assert stats["host"]["errors"] >= 2
+    assert stats["host"]["errors"] == 1  # the write failed and opened the breaker
+    assert stats["host"]["skipped_while_failing"] >= 1  # the read went around
 
 
 async def test_a_failing_store_fails_the_write(
@@ -128,3 +130,37 @@ async def test_a_failing_store_fails_the_write(
 
     with pytest.raises(TierError):
         await hierarchy.write([record(namespace, "a")], Trace())
+
+
+class FlakyTier(ResidentTier):
+    """A cache tier that fails while `down` is set, then recovers."""
+
+    down = True
+
+    async def get_many(self, refs: Sequence[RecordKey]) -> dict[RecordKey, Record]:
+        if self.down:
+            raise TierError(self.name, "connection refused")
+        return await super().get_many(refs)
+
+
+async def test_the_breaker_probes_again_and_closes_once_the_tier_is_back(
+    store: PgvectorTier, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("memory_tiers.hierarchy.BREAKER_BASE_S", 0.05)
+    flaky = FlakyTier("host", host_kernels(), MiB, [8], AdmitAll())
+    hierarchy = TierHierarchy([flaky, store], store)
+    await store.commit([record(namespace, "a")])
+    ref = (namespace, "a")
+
+    await hierarchy.get_many([ref], Trace())  # fails: the breaker opens
+    await hierarchy.get_many([ref], Trace())  # not asked while open
+    flaky.down = False
+    await asyncio.sleep(0.1)
+    await hierarchy.get_many([ref], Trace())  # the probe succeeds
+    served = await hierarchy.get_many([ref], Trace())
+
+    health = hierarchy.health["host"]
+    assert health.errors == 1
+    assert health.skipped >= 1
+    assert health.healthy
+    assert served.tiers == {ref: "host"}
