@@ -20,6 +20,7 @@ from typing import TypeVar
 import numpy as np
 
 from memory_tiers.base import Record, RecordKey, Tier, TierError, TierStats
+from memory_tiers.owed import OwedWrites
 from memory_tiers.pgvector_store import PgvectorTier
 
 logger = logging.getLogger(__name__)
@@ -144,6 +145,7 @@ class TierHierarchy:
         self.store_index = self.tiers.index(store)
         self.health = {tier.name: TierHealth() for tier in self.tiers}
         self._background: set[asyncio.Future[None]] = set()
+        self.owed = OwedWrites()
         # Filters records before they enter a cache tier (replica coherence).
         self.freshness: Callable[[Sequence[Record]], list[Record]] = list
         # Called with every committed batch, after the caches are refreshed.
@@ -186,9 +188,19 @@ class TierHierarchy:
     async def _ask_tier(
         self, tier: Tier, refs: list[RecordKey], trace: Trace
     ) -> dict[RecordKey, Record]:
+        await self._repay(tier, trace)
         hits = await self._ask(tier, trace, tier.get_many(refs), {}, read=True)
+        hits = self.owed.trusted(tier.name, hits)
         self._count(tier, len(hits), len(refs) - len(hits))
         return hits
+
+    async def _repay(self, tier: Tier, trace: Trace) -> None:
+        """Replay the writes the tier missed, if it answers again."""
+        owed = self.owed.pending(tier.name)
+        if not owed:
+            return
+        if await self._ask(tier, trace, _stored(tier, owed), False):
+            self.owed.settled(tier.name, owed)
 
     async def _ask_in_time(
         self, walk: _Walk, position: int, trace: Trace, deadline: Deadline
@@ -294,7 +306,8 @@ class TierHierarchy:
 
     async def _refresh_caches(self, records: Sequence[Record], trace: Trace) -> None:
         for tier in self.caches:
-            await self._ask(tier, trace, tier.put_many(records), default=None)
+            if not await self._ask(tier, trace, _stored(tier, records), False):
+                self.owed.add(tier.name, records)
 
     # -- bookkeeping --------------------------------------------------------
 
@@ -377,3 +390,9 @@ class TierHierarchy:
                 await tier.close()
             except TierError as exc:
                 logger.warning("closing %s failed: %s", tier.name, exc)
+
+
+async def _stored(tier: Tier, records: Sequence[Record]) -> bool:
+    """put_many as a call that says it succeeded."""
+    await tier.put_many(records)
+    return True

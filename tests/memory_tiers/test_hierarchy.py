@@ -164,3 +164,37 @@ async def test_the_breaker_probes_again_and_closes_once_the_tier_is_back(
     assert health.skipped >= 1
     assert health.healthy
     assert served.tiers == {ref: "host"}
+
+
+class PartitionedTier(ResidentTier):
+    """A cache tier cut off from writes while `writes_down` is set; it keeps
+    whatever it held, as a Redis behind a network partition would."""
+
+    writes_down = False
+
+    async def put_many(self, records: Sequence[Record]) -> None:
+        if self.writes_down:
+            raise TierError(self.name, "connection reset")
+        await super().put_many(records)
+
+
+async def test_a_write_a_cache_missed_is_never_contradicted_by_its_old_copy(
+    store: PgvectorTier, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No breaker pause: the cut-off cache is read at once, stale copy and all.
+    monkeypatch.setattr("memory_tiers.hierarchy.BREAKER_BASE_S", 0.0)
+    cache = PartitionedTier("host", host_kernels(), MiB, [8], AdmitAll())
+    hierarchy = TierHierarchy([cache, store], store)
+    ref = (namespace, "a")
+    await hierarchy.write([record(namespace, "a", seed=1)], Trace())
+
+    cache.writes_down = True
+    newer = await hierarchy.write([record(namespace, "a", seed=2)], Trace())
+    still_cut = await hierarchy.get_many([ref], Trace())
+    cache.writes_down = False
+    healed = await hierarchy.get_many([ref], Trace())
+
+    assert still_cut.tiers == {ref: "pgvector"}  # the stale copy was not trusted
+    assert still_cut.records[ref].version == newer[0].version
+    assert healed.tiers == {ref: "host"}  # the missed write was replayed
+    assert healed.records[ref].version == newer[0].version
