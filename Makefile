@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
+APT_TEST_PACKAGES := chromium prometheus
 
 .PHONY: run test lint check bench clean
 
@@ -19,12 +20,14 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[test]'
-	@# promtool checks the alert rules; Debian ships it with prometheus. Where
-	@# apt is not ours to use, those two tests skip and say why.
-	-@if ! command -v promtool >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 || \
+	@# Debian packages the tests drive: chromium (the dashboard's browser test)
+	@# and prometheus (promtool checks the alert rules). Installed where apt is
+	@# ours to use; elsewhere install them by hand.
+	-@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& ! { command -v chromium && command -v promtool; } >/dev/null; then \
+		apt-get install -y -qq --no-install-recommends $(APT_TEST_PACKAGES) >/dev/null 2>&1 || \
 		{ apt-get update -qq >/dev/null 2>&1 && \
-		  apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1; }; \
+		  apt-get install -y -qq --no-install-recommends $(APT_TEST_PACKAGES) >/dev/null 2>&1; }; \
 	fi
 	touch $@
 

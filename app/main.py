@@ -11,7 +11,15 @@ from fastapi import FastAPI, Request, Response
 
 from app import errors, metrics
 from app.mcp_server import build_mcp, mcp_app
-from app.routes import embeddings, health, memories, snowflake, tiers, vectors
+from app.routes import (
+    dashboard,
+    embeddings,
+    health,
+    memories,
+    snowflake,
+    tiers,
+    vectors,
+)
 from app.runtime import running
 from app.settings import Settings, load_settings
 
@@ -35,7 +43,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.middleware("http")(app.state.metrics.middleware)
     app.middleware("http")(_request_id)
-    for module in (embeddings, vectors, memories, snowflake, tiers, health, metrics):
+    routers = (embeddings, vectors, memories, snowflake, tiers, health, metrics)
+    for module in (*routers, dashboard):
         app.include_router(module.router)
     # Last: the MCP app answers /mcp and nothing else; mounted at the root so
     # that its one route keeps its exact path.
