@@ -25,6 +25,7 @@ from memory_tiers.coherence import Coherence
 from memory_tiers.embedded import EmbeddedPostgres
 from memory_tiers.embedded_servers import start_redis
 from memory_tiers.hierarchy import TierHierarchy
+from memory_tiers.invalidations import InvalidationStream
 from memory_tiers.object_store import ObjectTier
 from memory_tiers.outbox import OutboxExporter
 from memory_tiers.pgvector_store import PgvectorTier
@@ -90,7 +91,8 @@ async def running(settings: Settings) -> AsyncIterator[TiermemService]:
         stack.push_async_callback(hierarchy.close)
 
         origin_id = f"{settings.replica_id}-{uuid.uuid4().hex[:8]}"
-        coherence = Coherence(redis, resident, origin_id)
+        stream = InvalidationStream(redis.url)
+        coherence = Coherence(stream, resident, origin_id)
         await coherence.start()
         stack.push_async_callback(coherence.stop)
         hierarchy.freshness = coherence.fresh

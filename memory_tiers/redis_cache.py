@@ -1,19 +1,14 @@
-"""T2: a Redis cache shared by every replica, and its invalidation channel."""
+"""T2: a Redis cache shared by every replica (invalidations: invalidations.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import uuid
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import orjson
 import redis.asyncio as aioredis
-from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
@@ -23,10 +18,8 @@ from memory_tiers.codec import VectorDtype, decode_or_miss, encode_record
 
 logger = logging.getLogger(__name__)
 
-INVALIDATION_CHANNEL = "tiermem:invalidate"
 KEY_PREFIX = b"tm"
 _MGET_CHUNK = 1000
-_RESUBSCRIBE_MAX_S = 5.0
 
 # Sets KEYS[1] to ARGV[1] unless the stored record has a higher version, so a
 # slow writer or a late promotion cannot overwrite a newer record. Versions
@@ -56,17 +49,6 @@ return 1
 """
 
 
-@dataclass(slots=True, frozen=True)
-class Invalidation:
-    """One message on the invalidation channel: refs written by `origin_id`."""
-
-    origin_id: str
-    items: list[tuple[RecordKey, int]]
-
-
-InvalidationHandler = Callable[[Invalidation], Awaitable[None]]
-
-
 def redis_key(ref: RecordKey) -> bytes:
     """The Redis key of a ref: tm:<namespace byte length>:<namespace>:<key>.
 
@@ -91,7 +73,7 @@ def redact_url(url: str) -> str:
 
 
 @contextlib.contextmanager
-def _errors(operation: str) -> Iterator[None]:
+def redis_errors(operation: str) -> Iterator[None]:
     """Re-raise what redis-py (or the socket under it) raises as TierError."""
     try:
         yield
@@ -122,7 +104,6 @@ class RedisTier(Tier):
         socket_timeout_s: float = 1.0,
         connect_timeout_s: float = 0.5,
         retries: int = 1,
-        channel: str = INVALIDATION_CHANNEL,
     ) -> None:
         overrides = dict(namespace_ttl_s or {})
         for field_name, value in [("ttl_s", ttl_s), *overrides.items()]:
@@ -132,7 +113,6 @@ class RedisTier(Tier):
         self.ttl_s = ttl_s
         self.namespace_ttl_s = overrides
         self.dtype: VectorDtype = dtype
-        self.channel = channel
         self._client = aioredis.Redis.from_url(
             url,
             socket_timeout=socket_timeout_s,
@@ -140,7 +120,6 @@ class RedisTier(Tier):
             retry=Retry(NoBackoff(), retries),
         )
         self._script_sha: str | None = None
-        self._subscriptions: list[tuple[PubSub, asyncio.Task[None]]] = []
 
     def __repr__(self) -> str:
         return f"RedisTier(url={redact_url(self.url)!r}, ttl_s={self.ttl_s})"
@@ -163,7 +142,7 @@ class RedisTier(Tier):
         if not unique:
             return {}
 
-        with _errors("get_many"):
+        with redis_errors("get_many"):
             async with self._client.pipeline(transaction=False) as pipe:
                 for start in range(0, len(unique), _MGET_CHUNK):
                     chunk = unique[start : start + _MGET_CHUNK]
@@ -184,7 +163,7 @@ class RedisTier(Tier):
             return
         calls = [(redis_key(r.ref), encode_record(r, self.dtype), r) for r in records]
 
-        with _errors("put_many"):
+        with redis_errors("put_many"):
             sha = await self._script()
             results = await self._run_script(sha, calls)
             if any(isinstance(result, NoScriptError) for result in results):
@@ -198,7 +177,7 @@ class RedisTier(Tier):
     async def delete_many(self, refs: Sequence[RecordKey]) -> None:
         if not refs:
             return
-        with _errors("delete_many"):
+        with redis_errors("delete_many"):
             async with self._client.pipeline(transaction=False) as pipe:
                 for ref in refs:
                     pipe.delete(redis_key(ref))
@@ -229,56 +208,8 @@ class RedisTier(Tier):
         )
 
     async def close(self) -> None:
-        for pubsub, task in self._subscriptions:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            with contextlib.suppress(RedisError, OSError):
-                await pubsub.aclose()
-        self._subscriptions.clear()
         with contextlib.suppress(RedisError, OSError):
             await self._client.aclose()
-
-    async def publish_invalidation(
-        self, refs_with_versions: Sequence[tuple[RecordKey, int]], origin_id: str
-    ) -> int:
-        """Tell every replica these refs changed; returns how many listened."""
-        if not refs_with_versions:
-            return 0
-        message = orjson.dumps(
-            {
-                "origin": origin_id,
-                "items": [
-                    {"namespace": ns, "key": key, "version": version}
-                    for (ns, key), version in refs_with_versions
-                ],
-            }
-        )
-        with _errors("publish_invalidation"):
-            receivers: int = await self._client.publish(self.channel, message)
-        return receivers
-
-    async def subscribe(
-        self, handler: InvalidationHandler, *, ignore_origin: str | None = None
-    ) -> None:
-        """Call `handler` for every invalidation, in a background task.
-
-        Returns once Redis has confirmed the subscription, so a publish that
-        follows is seen. Messages from `ignore_origin` (this replica's own id)
-        are skipped. The task lives until close().
-        """
-        pubsub = self._client.pubsub()
-        try:
-            with _errors("subscribe"):
-                await pubsub.subscribe(self.channel)
-                await _await_confirmation(pubsub)
-        except TierError:
-            await pubsub.aclose()
-            raise
-
-        listener = _Listener(pubsub, handler, ignore_origin)
-        task = asyncio.create_task(listener.run(), name=f"redis-sub-{uuid.uuid4()}")
-        self._subscriptions.append((pubsub, task))
 
     async def _script(self) -> str:
         if self._script_sha is None:
@@ -297,66 +228,6 @@ class RedisTier(Tier):
     def _ttl_ms(self, namespace: str) -> int:
         ttl_s = self.ttl_for(namespace)
         return 0 if ttl_s is None else max(1, int(ttl_s * 1000))
-
-
-class _Listener:
-    """The loop behind subscribe(): read, decode, filter, dispatch."""
-
-    def __init__(
-        self, pubsub: PubSub, handler: InvalidationHandler, ignore_origin: str | None
-    ) -> None:
-        self.pubsub = pubsub
-        self.handler = handler
-        self.ignore_origin = ignore_origin
-
-    async def run(self) -> None:
-        delay_s = 0.1
-        while True:
-            try:
-                message = await self.pubsub.get_message(
-                    ignore_subscribe_messages=True, timeout=None
-                )
-                delay_s = 0.1
-            except (RedisError, OSError) as exc:
-                # TODO: invalidations published while the channel is down are
-                # lost; replicas should re-check resident versions on reconnect.
-                logger.warning(
-                    "invalidation channel lost (%s); retry in %s s", exc, delay_s
-                )
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, _RESUBSCRIBE_MAX_S)
-                continue
-            if message is not None and message.get("type") == "message":
-                await self._dispatch(message["data"])
-
-    async def _dispatch(self, data: bytes) -> None:
-        invalidation = parse_invalidation(data)
-        if invalidation is None or invalidation.origin_id == self.ignore_origin:
-            return
-        try:
-            await self.handler(invalidation)
-        except Exception:
-            logger.exception("invalidation handler failed")
-
-
-def parse_invalidation(data: bytes) -> Invalidation | None:
-    """The message as an Invalidation; None (with a warning) if malformed."""
-    try:
-        body = orjson.loads(data)
-        items = [
-            ((str(item["namespace"]), str(item["key"])), int(item["version"]))
-            for item in body["items"]
-        ]
-        return Invalidation(origin_id=str(body["origin"]), items=items)
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        logger.warning("malformed invalidation message skipped: %s", exc)
-        return None
-
-
-async def _await_confirmation(pubsub: PubSub, timeout_s: float = 5.0) -> None:
-    message = await pubsub.get_message(timeout=timeout_s)
-    if message is None or message.get("type") != "subscribe":
-        raise TierError("redis", f"no subscribe confirmation: {message!r}")
 
 
 def _raise_first_error(results: list[Any]) -> None:

@@ -14,7 +14,14 @@ from typing import Protocol
 import numpy as np
 
 from kernels import Kernels
-from memory_tiers.base import Record, RecordKey, Tier, TierStats, key_hash
+from memory_tiers.base import (
+    Record,
+    RecordKey,
+    Tier,
+    TierStats,
+    is_derived,
+    key_hash,
+)
 from memory_tiers.slab import VectorSlab
 
 logger = logging.getLogger(__name__)
@@ -166,6 +173,25 @@ class ResidentTier(Tier):
         """Stop treating a namespace as whole (a change arrived from elsewhere)."""
         self.resident.discard(namespace)
         self._releases[namespace] = self._releases.get(namespace, 0) + 1
+
+    def forget_authoritative(self) -> int:
+        """Drop every record of an authoritative namespace; returns how many.
+
+        For when changes made elsewhere may have gone unannounced: derived
+        records cannot go stale, every other one might have.
+        """
+        dropped = 0
+        for slab in self.slabs.values():
+            refs = [
+                meta.ref
+                for meta in slab.meta
+                if meta is not None and not is_derived(meta.namespace)
+            ]
+            dropped += slab.remove(refs)
+        for namespace in list(self.resident):
+            if not is_derived(namespace):
+                self.release_namespace(namespace)
+        return dropped
 
     def releases(self, namespace: str) -> int:
         """How often the namespace was released: a load that read the store

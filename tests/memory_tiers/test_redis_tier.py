@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,9 +14,7 @@ import redis.asyncio as aioredis
 from memory_tiers.base import Record, Tier, TierError
 from memory_tiers.embedded_servers import EmbeddedRedis, redis_binary, start_redis
 from memory_tiers.redis_cache import (
-    Invalidation,
     RedisTier,
-    parse_invalidation,
     redact_url,
     redis_key,
 )
@@ -203,90 +199,6 @@ async def test_stats_report_memory_and_capacity(
         await raw.config_set("maxmemory", "0")
 
 
-async def test_invalidation_roundtrip_skips_own_origin(
-    redis_server: EmbeddedRedis, raw: aioredis.Redis
-) -> None:
-    replica_a = RedisTier(redis_server.url)
-    replica_b = RedisTier(redis_server.url)
-    received: list[Invalidation] = []
-    arrived = asyncio.Event()
-
-    async def handler(message: Invalidation) -> None:
-        received.append(message)
-        arrived.set()
-
-    await replica_b.subscribe(handler, ignore_origin="replica-b")
-    await replica_b.publish_invalidation([(("ns", "own"), 1)], origin_id="replica-b")
-    await raw.publish(replica_b.channel, b"{malformed")
-    listeners = await replica_a.publish_invalidation(
-        [(("ns", "k:1"), 7), (("n:s", "k2"), 2**60)], origin_id="replica-a"
-    )
-    await asyncio.wait_for(arrived.wait(), timeout=5)
-
-    assert listeners >= 1
-    assert received == [
-        Invalidation("replica-a", [(("ns", "k:1"), 7), (("n:s", "k2"), 2**60)])
-    ]
-    await replica_a.close()
-    await replica_b.close()
-
-
-async def test_handler_errors_do_not_stop_the_listener(
-    redis_server: EmbeddedRedis,
-) -> None:
-    tier = RedisTier(redis_server.url)
-    calls: list[int] = []
-    second = asyncio.Event()
-
-    async def handler(message: Invalidation) -> None:
-        calls.append(message.items[0][1])
-        if len(calls) == 1:
-            raise RuntimeError("handler bug")
-        second.set()
-
-    await tier.subscribe(handler)
-    await tier.publish_invalidation([(("ns", "k"), 1)], origin_id="x")
-    await tier.publish_invalidation([(("ns", "k"), 2)], origin_id="x")
-    await asyncio.wait_for(second.wait(), timeout=5)
-
-    assert calls == [1, 2]
-    await tier.close()
-
-
-async def test_subscription_survives_a_server_restart(tmp_path: Path) -> None:
-    server = start_redis(tmp_path / "redis")
-    tier = RedisTier(server.url)
-    received: list[Invalidation] = []
-    arrived = asyncio.Event()
-
-    async def handler(message: Invalidation) -> None:
-        received.append(message)
-        arrived.set()
-
-    await tier.subscribe(handler)
-    server.stop()
-    await asyncio.sleep(0.3)  # the listener notices and starts retrying
-    server = start_redis(tmp_path / "redis", port=server.port)
-    try:
-        # Published until heard: the listener resubscribes on its own schedule.
-        deadline = time.monotonic() + 10
-        while not arrived.is_set() and time.monotonic() < deadline:
-            await tier.publish_invalidation([(("ns", "k"), 1)], origin_id="x")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(arrived.wait(), timeout=0.2)
-    finally:
-        await tier.close()
-        server.stop()
-
-    assert received and received[0].items == [(("ns", "k"), 1)]
-
-
-def test_parse_invalidation_refuses_bad_messages() -> None:
-    assert parse_invalidation(b"[]") is None
-    assert parse_invalidation(b'{"origin": "a"}') is None
-    assert parse_invalidation(b'{"origin": "a", "items": [{"namespace": "n"}]}') is None
-
-
 async def test_repr_redacts_password() -> None:
     tier = RedisTier("redis://user:s3cret@cache.internal:6380/2")
 
@@ -309,7 +221,6 @@ async def test_stopped_server_raises_tier_error(
         tier.get_many([(ns, "k")]),
         tier.put_many([make_record(ns, "k", version=2)]),
         tier.delete_many([(ns, "k")]),
-        tier.publish_invalidation([((ns, "k"), 2)], origin_id="x"),
     ):
         with pytest.raises(TierError) as raised:
             await call
