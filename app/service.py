@@ -203,13 +203,9 @@ class TiermemService:
     ) -> SearchResult:
         """Exact search where the namespace is resident, else the HNSW index."""
         keep = _metadata_matcher(metadata_filter)
-        # TODO: exact search runs on the event loop; over a large resident
-        # namespace on the CPU (about 6 ms per 100k rows here) other requests
-        # wait meanwhile. A worker thread needs the slabs guarded against
-        # writes made during the scan.
         for tier in self.resident:
             started = time.perf_counter()
-            found = tier.search(namespace, query[None, :], k, keep)
+            found = await tier.search(namespace, query[None, :], k, keep)
             if found is not None:
                 trace.add_time(tier.name, (time.perf_counter() - started) * 1000.0)
                 trace.count([tier.name] * len(found[0]))
@@ -250,7 +246,7 @@ class TiermemService:
                 return
             # The fastest tier that can hold it whole; host memory is the fallback.
             for tier in self.resident:
-                if tier.hold_namespace(namespace, records):
+                if await tier.hold_namespace(namespace, records):
                     return
         except Exception:
             logger.exception("loading namespace %s into memory failed", namespace)

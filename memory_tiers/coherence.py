@@ -110,7 +110,9 @@ class Coherence:
     async def forget_everything(self) -> None:
         """What another replica changed is unknown: drop all authoritative rows."""
         self.gaps += 1
-        dropped = sum(tier.forget_authoritative() for tier in self.resident)
+        dropped = 0
+        for tier in self.resident:
+            dropped += await tier.forget_authoritative()
         logger.warning(
             "invalidations were missed: %d resident records dropped", dropped
         )

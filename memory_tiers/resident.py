@@ -7,6 +7,7 @@ every record is held here is "resident", and its searches are exact.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
@@ -67,6 +68,9 @@ class ResidentTier(Tier):
         self.admitted = 0
         self.rejected = 0
         self._releases: dict[str, int] = {}
+        # Exact search runs in a worker thread; every other use of the slabs
+        # waits for it here instead of changing rows under its feet.
+        self._lock = asyncio.Lock()
         for dim, slab in self.slabs.items():
             logger.info(
                 "%s: dim %d holds %d rows in %d bytes on %s",
@@ -82,14 +86,19 @@ class ResidentTier(Tier):
     async def get_many(self, refs: Sequence[RecordKey]) -> dict[RecordKey, Record]:
         self.admission.observe(key_hash(ref) for ref in refs)
         found: dict[RecordKey, Record] = {}
-        for slab in self.slabs.values():
-            remaining = [ref for ref in refs if ref not in found]
-            if not remaining:
-                break
-            found.update(slab.lookup(remaining))
+        async with self._lock:
+            for slab in self.slabs.values():
+                remaining = [ref for ref in refs if ref not in found]
+                if not remaining:
+                    break
+                found.update(slab.lookup(remaining))
         return found
 
     async def put_many(self, records: Sequence[Record]) -> None:
+        async with self._lock:
+            self._put(records)
+
+    def _put(self, records: Sequence[Record]) -> None:
         self._remove([r.ref for r in records if r.deleted])
         for dim, group in _by_dim(r for r in records if not r.deleted).items():
             slab = self.slabs.get(dim)
@@ -104,7 +113,8 @@ class ResidentTier(Tier):
             self._upsert(slab, group)
 
     async def delete_many(self, refs: Sequence[RecordKey]) -> None:
-        self._remove(refs)
+        async with self._lock:
+            self._remove(refs)
 
     async def stats(self) -> TierStats:
         pools: dict[str, dict[str, int]] = {}
@@ -137,8 +147,12 @@ class ResidentTier(Tier):
 
     # -- residency and search ----------------------------------------------
 
-    def hold_namespace(self, namespace: str, records: Sequence[Record]) -> bool:
+    async def hold_namespace(self, namespace: str, records: Sequence[Record]) -> bool:
         """Load every record of a namespace; on success its search is exact."""
+        async with self._lock:
+            return self._hold(namespace, records)
+
+    def _hold(self, namespace: str, records: Sequence[Record]) -> bool:
         live = [r for r in records if not r.deleted]
         for dim, group in _by_dim(live).items():
             slab = self.slabs.get(dim)
@@ -155,8 +169,12 @@ class ResidentTier(Tier):
         )
         return True
 
-    def restore(self, records: Sequence[Record]) -> int:
+    async def restore(self, records: Sequence[Record]) -> int:
         """Take records back from a snapshot, bypassing admission; returns how many."""
+        async with self._lock:
+            return self._restore(records)
+
+    def _restore(self, records: Sequence[Record]) -> int:
         taken = 0
         for dim, group in _by_dim(r for r in records if not r.deleted).items():
             slab = self.slabs.get(dim)
@@ -165,21 +183,26 @@ class ResidentTier(Tier):
                 self._note_unit_norms(group)
         return taken
 
-    def dump(self) -> list[Record]:
+    async def dump(self) -> list[Record]:
         """Every record held, with its vector (for snapshots)."""
-        return [rec for slab in self.slabs.values() for rec in slab.all_records()]
+        async with self._lock:
+            return [rec for slab in self.slabs.values() for rec in slab.all_records()]
 
     def release_namespace(self, namespace: str) -> None:
         """Stop treating a namespace as whole (a change arrived from elsewhere)."""
         self.resident.discard(namespace)
         self._releases[namespace] = self._releases.get(namespace, 0) + 1
 
-    def forget_authoritative(self) -> int:
+    async def forget_authoritative(self) -> int:
         """Drop every record of an authoritative namespace; returns how many.
 
         For when changes made elsewhere may have gone unannounced: derived
         records cannot go stale, every other one might have.
         """
+        async with self._lock:
+            return self._forget_authoritative()
+
+    def _forget_authoritative(self) -> int:
         dropped = 0
         for slab in self.slabs.values():
             refs = [
@@ -201,16 +224,30 @@ class ResidentTier(Tier):
     def can_search(self, namespace: str) -> bool:
         return namespace in self.resident and namespace not in self.non_unit
 
-    def search(
+    async def search(
         self,
         namespace: str,
         queries: np.ndarray,
         k: int,
         keep: RecordFilter | None = None,
     ) -> list[list[Hit]] | None:
-        """Exact cosine top-k within a resident namespace; None if not resident."""
+        """Exact cosine top-k within a resident namespace; None if not resident.
+
+        The scan runs in a worker thread, so a large namespace does not hold
+        up the event loop; writes to this tier wait for it to finish.
+        """
         if not self.can_search(namespace):
             return None
+        async with self._lock:
+            return await asyncio.to_thread(self._search, namespace, queries, k, keep)
+
+    def _search(
+        self,
+        namespace: str,
+        queries: np.ndarray,
+        k: int,
+        keep: RecordFilter | None,
+    ) -> list[list[Hit]]:
         unit = _normalise(queries)
         merged: list[list[Hit]] = [[] for _ in range(unit.shape[0])]
         for slab in self.slabs.values():

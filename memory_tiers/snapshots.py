@@ -47,7 +47,7 @@ class Snapshots:
         """
         saved = {}
         for tier in self.resident:
-            records = tier.dump()
+            records = await tier.dump()
             await self.objects.save_snapshot(self.name(tier), records)
             saved[tier.name] = len(records)
         logger.info("snapshot saved: %s", saved)
@@ -71,7 +71,7 @@ class Snapshots:
             except TierError as exc:
                 logger.warning("no warm start for %s: %s", tier.name, exc)
                 continue
-            restored[tier.name] = tier.restore(current)
+            restored[tier.name] = await tier.restore(current)
         logger.info(
             "warmed from snapshot in %.0f ms: %s",
             (time.perf_counter() - started) * 1000.0,

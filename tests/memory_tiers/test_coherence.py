@@ -24,7 +24,7 @@ async def test_everything_changed_drops_authoritative_rows_but_keeps_derived(
 ) -> None:
     tier = host()
     await tier.put_many([record("docs", "a"), record("emb:fp", "h")])
-    assert tier.hold_namespace("docs", [record("docs", "a")])
+    assert await tier.hold_namespace("docs", [record("docs", "a")])
     with start_redis(tmp_path / "redis") as server:
         coherence = Coherence(InvalidationStream(server.url), [tier], "me")
 

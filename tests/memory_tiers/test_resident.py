@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+
 import numpy as np
+import pytest
 
 from kernels import host_kernels
 from memory_tiers.admission import AdmitAll, SeenTwice
 from memory_tiers.resident import ResidentTier
+from memory_tiers.slab import VectorSlab
 from tests.memory_tiers.records import record, unit
 
 MiB = 2**20
@@ -71,17 +76,17 @@ async def test_resident_namespace_search_is_exact_and_matches_brute_force() -> N
     tier = ResidentTier("host", host_kernels(), 4 * MiB, [8], AdmitAll())
     records = [record("docs", str(i), seed=i) for i in range(57)]
     records += [record("other", str(i), seed=1000 + i) for i in range(20)]
-    assert tier.hold_namespace("docs", records[:57])
+    assert await tier.hold_namespace("docs", records[:57])
     await tier.put_many(records[57:])
     query = unit(8, 99)
 
-    found = tier.search("docs", query[None, :], 5)
+    found = await tier.search("docs", query[None, :], 5)
 
     assert found is not None
     matrix = np.stack([r.vector for r in records[:57]])
     expected = np.argsort(-(matrix @ query), kind="stable")[:5]
     assert [h[1].key for h in found[0]] == [str(i) for i in expected]
-    assert tier.search("other", query[None, :], 5) is None
+    assert await tier.search("other", query[None, :], 5) is None
 
 
 async def test_search_applies_a_record_filter() -> None:
@@ -89,9 +94,9 @@ async def test_search_applies_a_record_filter() -> None:
     records = [record("docs", str(i), seed=i) for i in range(10)]
     for i, rec in enumerate(records):
         rec.metadata = {"even": i % 2 == 0}
-    tier.hold_namespace("docs", records)
+    await tier.hold_namespace("docs", records)
 
-    found = tier.search(
+    found = await tier.search(
         "docs", unit(8, 5)[None, :], 10, lambda r: bool(r.metadata["even"])
     )
 
@@ -102,7 +107,7 @@ async def test_search_applies_a_record_filter() -> None:
 async def test_eviction_of_a_resident_row_ends_residency() -> None:
     tier = ResidentTier("host", host_kernels(), 300_000, [8], AdmitAll())
     capacity = tier.slabs[8].capacity
-    assert tier.hold_namespace(
+    assert await tier.hold_namespace(
         "docs", [record("docs", str(i)) for i in range(capacity)]
     )
 
@@ -115,7 +120,7 @@ async def test_namespace_larger_than_the_tier_is_not_resident() -> None:
     tier = ResidentTier("host", host_kernels(), 300_000, [8], AdmitAll())
     capacity = tier.slabs[8].capacity
 
-    held = tier.hold_namespace(
+    held = await tier.hold_namespace(
         "docs", [record("docs", str(i)) for i in range(capacity + 1)]
     )
 
@@ -137,10 +142,33 @@ async def test_stats_report_pools_within_the_budget() -> None:
 
 async def test_a_release_is_counted_so_a_racing_load_can_tell() -> None:
     tier = ResidentTier("host", host_kernels(), 4 * MiB, [8], AdmitAll())
-    assert tier.hold_namespace("docs", [record("docs", "a")])
+    assert await tier.hold_namespace("docs", [record("docs", "a")])
     before = tier.releases("docs")
 
     tier.release_namespace("docs")
 
     assert tier.releases("docs") == before + 1
     assert not tier.can_search("docs")
+
+
+async def test_exact_search_leaves_the_event_loop_free(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tier = ResidentTier("host", host_kernels(), 4 * MiB, [8], AdmitAll())
+    assert await tier.hold_namespace("docs", [record("docs", str(i)) for i in range(9)])
+    gate = threading.Event()
+    scan = VectorSlab.search
+
+    def gated(self: VectorSlab, *args: object) -> object:
+        # Were the scan on the event loop, nothing could open the gate.
+        assert gate.wait(timeout=10), "the event loop was blocked"
+        return scan(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(VectorSlab, "search", gated)
+    searching = asyncio.create_task(tier.search("docs", unit(8, 1)[None, :], 3))
+    await asyncio.sleep(0.05)
+    gate.set()
+    found = await asyncio.wait_for(searching, timeout=10)
+
+    assert found is not None
+    assert len(found[0]) == 3
