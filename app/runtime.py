@@ -131,7 +131,6 @@ async def running(settings: Settings) -> AsyncIterator[TiermemService]:
             settings.resident_max_rows,
         )
         service.exporter = exporter
-        service.snapshots = snapshots
         stack.push_async_callback(service.settle)
         logger.info("tiermem ready: tiers %s", ", ".join(t.name for t in tiers))
         yield service

@@ -23,7 +23,6 @@ from memory_tiers.base import DERIVED_PREFIX, Record
 from memory_tiers.hierarchy import Deadline, ReadResult, TierHierarchy, Trace
 from memory_tiers.outbox import OutboxExporter
 from memory_tiers.resident import ResidentTier
-from memory_tiers.snapshots import Snapshots
 from memory_tiers.write_behind import WriteBehind
 
 logger = logging.getLogger(__name__)
@@ -69,7 +68,6 @@ class TiermemService:
         self._loading: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
         self.exporter: OutboxExporter | None = None
-        self.snapshots: Snapshots | None = None
 
     # -- embeddings ---------------------------------------------------------
 

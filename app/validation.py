@@ -10,16 +10,23 @@ from app.errors import BadInput
 from app.settings import Settings
 
 
+def _at_most(
+    field: str, got: int, limit: int, unit: str, variable: str, status_code: int = 422
+) -> None:
+    """Refuse `got` above `limit`, naming the setting that sets the limit."""
+    if got > limit:
+        raise BadInput(
+            field,
+            f"has {got} {unit}; at most {limit} are allowed (TIERMEM_{variable})",
+            status_code=status_code,
+        )
+
+
 def check_batch(field: str, size: int, settings: Settings) -> None:
     if size == 0:
         raise BadInput(field, "must not be empty")
-    if size > settings.max_batch_items:
-        raise BadInput(
-            field,
-            f"holds {size} items; at most {settings.max_batch_items} are allowed"
-            " (TIERMEM_MAX_BATCH_ITEMS)",
-            status_code=413,
-        )
+    limit = settings.max_batch_items
+    _at_most(field, size, limit, "items", "MAX_BATCH_ITEMS", status_code=413)
 
 
 def check_texts(field: str, texts: Sequence[str], settings: Settings) -> None:
@@ -32,25 +39,15 @@ def check_texts(field: str, texts: Sequence[str], settings: Settings) -> None:
 def check_text(field: str, text: str, settings: Settings) -> None:
     if not text.strip():
         raise BadInput(field, "must not be empty or only whitespace")
-    if len(text) > settings.max_text_chars:
-        raise BadInput(
-            field,
-            f"has {len(text)} characters; at most {settings.max_text_chars}"
-            " are allowed (TIERMEM_MAX_TEXT_CHARS)",
-            status_code=413,
-        )
+    limit = settings.max_text_chars
+    _at_most(field, len(text), limit, "characters", "MAX_TEXT_CHARS", status_code=413)
 
 
 def check_vector(field: str, values: Sequence[float], settings: Settings) -> np.ndarray:
     """The vector as float32; refuses empty, oversized, NaN and Inf."""
     if not values:
         raise BadInput(field, "must hold at least 1 value")
-    if len(values) > settings.max_dim:
-        raise BadInput(
-            field,
-            f"has {len(values)} dimensions; at most {settings.max_dim} are allowed"
-            " (TIERMEM_MAX_DIM)",
-        )
+    _at_most(field, len(values), settings.max_dim, "dimensions", "MAX_DIM")
     vector = np.asarray(values, dtype=np.float64)
     if not np.isfinite(vector).all():
         raise BadInput(field, "must hold only finite numbers (no NaN or Inf)")
@@ -60,10 +57,7 @@ def check_vector(field: str, values: Sequence[float], settings: Settings) -> np.
 
 
 def check_k(k: int, settings: Settings) -> None:
-    if k > settings.max_k:
-        raise BadInput(
-            "k", f"is {k}; at most {settings.max_k} is allowed (TIERMEM_MAX_K)"
-        )
+    _at_most("k", k, settings.max_k, "results asked", "MAX_K")
 
 
 def check_dim(field: str, got: int, expected: int | None) -> None:

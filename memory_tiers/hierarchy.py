@@ -78,7 +78,6 @@ class TierHealth:
         self.errors = 0
         self.skipped = 0
         self.healthy = True
-        self.last_error: str | None = None
         self.failures_in_row = 0
         self.open_until = 0.0
         # Reads and writes apart: a bulk write's latency says nothing about
@@ -90,10 +89,9 @@ class TierHealth:
         """True while the breaker keeps calls away from a failing tier."""
         return time.monotonic() < self.open_until
 
-    def failed(self, error: str) -> None:
+    def failed(self) -> None:
         self.errors += 1
         self.healthy = False
-        self.last_error = error
         self.failures_in_row += 1
         pause_s = min(BREAKER_MAX_S, BREAKER_BASE_S * 2 ** (self.failures_in_row - 1))
         self.open_until = time.monotonic() + pause_s
@@ -155,9 +153,6 @@ class TierHierarchy:
     def caches(self) -> list[Tier]:
         """The tiers above the system of record."""
         return self.tiers[: self.store_index]
-
-    def tier(self, name: str) -> Tier | None:
-        return next((t for t in self.tiers if t.name == name), None)
 
     # -- reads --------------------------------------------------------------
 
@@ -333,7 +328,7 @@ class TierHierarchy:
         try:
             result = await call
         except TierError as exc:
-            health.failed(str(exc))
+            health.failed()
             if tier.authoritative:
                 raise
             logger.warning("tier %s failed, serving around it: %s", tier.name, exc)

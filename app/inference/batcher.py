@@ -39,7 +39,6 @@ class MicroBatcher:
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self.batches = 0
-        self.texts = 0
         self._last_jobs = 0
 
     def start(self) -> None:
@@ -108,7 +107,6 @@ class MicroBatcher:
             vectors[chunk] = encoded.vectors
             tokens[chunk] = encoded.tokens
         self.batches += 1
-        self.texts += len(texts)
         offset = 0
         for job in jobs:
             end = offset + len(job.texts)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 
@@ -81,7 +82,7 @@ async def put_vectors(
     return traced({"namespace": body.namespace, "items": versions}, trace)
 
 
-def _check_same_dim(vectors: list, expected: int | None) -> None:
+def _check_same_dim(vectors: list[np.ndarray], expected: int | None) -> None:
     first = expected if expected is not None else len(vectors[0])
     for i, vector in enumerate(vectors):
         check_dim(f"items[{i}].vector", len(vector), first)
