@@ -19,7 +19,7 @@ import numpy as np
 
 from app.inference.batcher import MicroBatcher
 from app.inference.encoder import Encoder
-from memory_tiers.base import DERIVED_PREFIX, Record
+from memory_tiers.base import DERIVED_PREFIX, Record, RecordKey
 from memory_tiers.hierarchy import Deadline, ReadResult, TierHierarchy, Trace
 from memory_tiers.outbox import OutboxExporter
 from memory_tiers.resident import ResidentTier
@@ -77,13 +77,11 @@ class TiermemService:
         """Vectors for texts: from the embedding cache, else from the model."""
         refs = [(self.embedding_namespace, _text_key(text)) for text in texts]
         cached = await self.hierarchy.get_many(refs, trace, deadline)
-        todo = list(
-            dict.fromkeys(
-                t
-                for t, ref in zip(texts, refs, strict=True)
-                if ref not in cached.records
-            )
-        )
+        todo = {
+            ref: text
+            for text, ref in zip(texts, refs, strict=True)
+            if ref not in cached.records
+        }
         fresh = await self._encode(todo, trace)
         by_ref = dict(cached.records)
         by_ref.update({r.ref: r for r in fresh})
@@ -97,22 +95,23 @@ class TiermemService:
         tokens = sum(int((by_ref[ref].metadata or {}).get("tokens", 0)) for ref in refs)
         return Embedded(vectors, tokens, tiers)
 
-    async def _encode(self, texts: list[str], trace: Trace) -> list[Record]:
+    async def _encode(self, texts: dict[RecordKey, str], trace: Trace) -> list[Record]:
+        """Compute, cache and return the embeddings of texts (one per ref)."""
         if not texts:
             return []
         started = time.perf_counter()
-        encoded = await self.batcher.encode(texts)
+        encoded = await self.batcher.encode(list(texts.values()))
         trace.add_time("model", (time.perf_counter() - started) * 1000.0)
         version = time.time_ns() // 1000
         records = [
             Record(
-                namespace=self.embedding_namespace,
-                key=_text_key(text),
+                namespace=namespace,
+                key=key,
                 vector=encoded.vectors[i],
                 version=version,
                 metadata={"tokens": int(encoded.tokens[i])},
             )
-            for i, text in enumerate(texts)
+            for i, (namespace, key) in enumerate(texts)
         ]
         await self.hierarchy.write_cached(records, trace)
         self.write_behind.add(records)
