@@ -202,11 +202,10 @@ class TierHierarchy:
     ) -> bool:
         """Ask a slow tier within the budget; False if the walk went background."""
         tier = self.tiers[position]
-        p99 = self.health[tier.name].percentile(99)
         budget_s = deadline.remaining_ms() / 1000.0
         refs = list(walk.missing)
         call = asyncio.ensure_future(self._ask_tier(tier, refs, trace))
-        if budget_s > 0 and (p99 is None or p99 / 1000.0 <= budget_s):
+        if budget_s > 0 and not self._over_budget(tier, deadline):
             try:
                 walk.take(
                     position, await asyncio.wait_for(asyncio.shield(call), budget_s)
@@ -253,11 +252,15 @@ class TierHierarchy:
         # nor is an in-process tier, which costs less than the check.
         if deadline is None or tier is self.store or tier.local:
             return False
-        p99 = self.health[tier.name].percentile(99)
-        if p99 is not None and p99 > deadline.remaining_ms():
-            logger.debug("skipping %s: p99 %.1f ms over the budget", tier.name, p99)
+        if self._over_budget(tier, deadline):
+            logger.debug("skipping %s: its p99 is over the budget", tier.name)
             return True
         return False
+
+    def _over_budget(self, tier: Tier, deadline: Deadline) -> bool:
+        """True if the tier's recent read p99 exceeds what the request has left."""
+        p99 = self.health[tier.name].percentile(99)
+        return p99 is not None and p99 > deadline.remaining_ms()
 
     async def _promote(
         self, found: dict[RecordKey, Record], origin: dict[RecordKey, int], trace: Trace
