@@ -114,8 +114,13 @@ def build_mcp(app: FastAPI, settings: Settings) -> MCPServer:
             {"key": ref[1], "tier": result.tiers[ref], "vector": rec.vector.tolist()}
             for ref, rec in result.records.items()
         ]
-        missing = [k for k in keys if (namespace, k) not in result.records]
-        return {"items": found, "missing": missing}
+        pending = {key for _, key in result.pending}
+        missing = [
+            k
+            for k in dict.fromkeys(keys)
+            if (namespace, k) not in result.records and k not in pending
+        ]
+        return {"items": found, "missing": missing, "pending": sorted(pending)}
 
     @server.tool(description="Each memory tier: health, capacity, use, latency.")
     @refusing_bad_input
